@@ -1,0 +1,3 @@
+from winchester.cli import main
+
+main()

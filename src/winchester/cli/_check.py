@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import sys
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from winchester.cli._options import config_option
+from winchester.config._check import check_configuration
+
+
+@click.command()
+@config_option
+@click.option("--strict", is_flag=True, help="Treat warnings as errors.")
+def check(config_file: str, strict: bool) -> None:
+    """Validate winchester.yaml and every file it names.
+
+    Reports every problem found, each with its file, line and the definition
+    and field concerned. Exits 1 if there is any error (or, with --strict,
+    any warning), 0 otherwise.
+    """
+    console = Console(highlight=False, soft_wrap=True)
+    report = check_configuration(config_file)
+    settings = report.settings
+
+    table = Table(title=f"Configuration {report.config_file}", title_justify="left")
+    table.add_column("key")
+    table.add_column("file")
+    table.add_column("result")
+    if settings is not None:
+        table.add_row("winchester.yaml", str(settings.source),
+                      f"database {settings.database_url}")
+        for file_report in report.files:
+            errors = sum(p.severity == "error" for p in file_report.problems)
+            status = f"[red]{errors} error(s)[/red]" if errors else f"[green]ok[/green] {file_report.summary}"
+            table.add_row(file_report.key, str(file_report.path or "-"), status)
+        console.print(table)
+
+    problems = report.all_problems
+    for problem in problems:
+        colour = "red" if problem.severity == "error" else "yellow"
+        console.print(f"[{colour}]{problem.severity}[/{colour}]: {problem}", markup=True,
+                      highlight=False)
+    errors = len(report.errors)
+    warnings = len(problems) - errors
+    failed = errors > 0 or (strict and warnings > 0)
+    verdict = "[red]configuration is invalid[/red]" if failed else "[green]configuration is valid[/green]"
+    console.print(f"{verdict} ({errors} error(s), {warnings} warning(s))")
+    sys.exit(1 if failed else 0)

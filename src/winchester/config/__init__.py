@@ -1,0 +1,25 @@
+"""Configuration: ``winchester.yaml`` and the files it names.
+
+Read once, at the edge, into a typed :class:`Settings`; everything else is
+handed the pieces it needs.
+"""
+
+from winchester.config._settings import (
+    DATABASE_URL_ENV,
+    KEYS,
+    Key,
+    Settings,
+    load_settings,
+    read_text,
+    settings_from_mapping,
+)
+
+__all__ = [
+    "DATABASE_URL_ENV",
+    "KEYS",
+    "Key",
+    "Settings",
+    "load_settings",
+    "read_text",
+    "settings_from_mapping",
+]

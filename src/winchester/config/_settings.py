@@ -1,0 +1,349 @@
+"""``winchester.yaml``: the keys, their types and defaults, and the loader.
+
+The keys are those existing StackTach deployments use, with the defaults the
+original Winchester documented. Every key is declared once in :data:`KEYS`;
+the loader, ``winchester check`` and the README's configuration reference
+(checked by a test) all follow that table.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from winchester._yaml import parse_yaml, position_of
+from winchester.errors import ConfigError, Problem, TimexSyntaxError
+
+DATABASE_URL_ENV = "WINCHESTER_DATABASE_URL"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# simport syntax, as the original used: "module.path:ClassName", optionally
+# preceded by "directory|" to add that directory to the import path.
+_IMPORT_PATH = re.compile(r"^(?:[^|]+\|)?[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+Validator = Callable[[Any], str | None]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _positive_int(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"must be a whole number, not {_describe(value)}"
+    return None if value > 0 else f"must be greater than 0, not {value}"
+
+
+def _positive_number(value: Any) -> str | None:
+    if not _is_number(value):
+        return f"must be a number of seconds, not {_describe(value)}"
+    return None if value > 0 else f"must be greater than 0, not {value}"
+
+
+def _non_negative_number(value: Any) -> str | None:
+    if not _is_number(value):
+        return f"must be a number of seconds, not {_describe(value)}"
+    return None if value >= 0 else f"must not be negative, not {value}"
+
+
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else f"must be true or false, not {_describe(value)}"
+
+
+def _text(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return f"must be a string, not {_describe(value)}"
+    return None if value.strip() else "must not be empty"
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _text_or_list(value: Any) -> str | None:
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, list) and value and all(isinstance(item, str) and item for item in value):
+        return None
+    return f"must be a directory or a list of directories, not {_describe(value)}"
+
+
+def _import_map(value: Any) -> str | None:
+    if not isinstance(value, Mapping):
+        return f"must be a mapping of name to 'module.path:ClassName', not {_describe(value)}"
+    for name, target in value.items():
+        if not isinstance(name, str) or not name:
+            return f"has a name that is not a string: {name!r}"
+        if not isinstance(target, str) or not _IMPORT_PATH.match(target):
+            return f"entry {name!r} must be 'module.path:ClassName', not {target!r}"
+    return None
+
+
+def _log_level(value: Any) -> str | None:
+    if isinstance(value, str) and value.lower() in LOG_LEVELS:
+        return None
+    return f"must be one of {', '.join(LOG_LEVELS)}, not {_describe(value)}"
+
+
+def _time_expression(value: Any) -> str | None:
+    problem = _text(value)
+    if problem:
+        return problem
+    from winchester import timex
+
+    try:
+        timex.parse(value)
+    except TimexSyntaxError as exc:
+        return str(exc)
+    return None
+
+
+def _database(value: Any) -> str | None:
+    if not isinstance(value, Mapping):
+        return f"must be a mapping with a 'url' key, not {_describe(value)}"
+    url = value.get("url")
+    if url is not None and _text(url):
+        return f"url {_text(url)}"
+    return None
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+@dataclass(frozen=True)
+class Key:
+    """One top-level key of ``winchester.yaml``."""
+
+    name: str
+    validate: Validator
+    default: Any = None
+    required: bool = False
+    help: str = ""
+
+
+KEYS: tuple[Key, ...] = (
+    Key("config_path", _text_or_list, ".",
+        help="Directories searched for the other files named here (string or list)."),
+    Key("database", _database, None,
+        help="Database connection: `url` (SQLAlchemy URL). Default: SQLite file `./var/winchester.db`."),
+    Key("distiller_config", _text, required=True,
+        help="Event definitions file (StackDistiller / Ceilometer format)."),
+    Key("trigger_definitions", _text, required=True, help="Trigger definitions file."),
+    Key("pipeline_config", _text, required=True, help="Pipeline definitions file."),
+    Key("pipeline_handlers", _import_map, {},
+        help="Handler name -> `module.path:ClassName`, added to the built-in handlers."),
+    Key("distiller_trait_plugins", _import_map, {},
+        help="Trait plugin name -> `module.path:ClassName`, added to the built-in plugins."),
+    Key("catch_all_notifications", _boolean, False,
+        help="Turn notifications that match no event definition into events with the default traits."),
+    Key("statistics_period", _positive_number, 10,
+        help="Seconds between statistics log lines."),
+    Key("pipeline_worker_batch_size", _positive_int, 1000,
+        help="Streams a worker claims at a time."),
+    Key("pipeline_worker_delay", _non_negative_number, 10,
+        help="Seconds a worker sleeps when it finds no stream to process."),
+    Key("purge_completed_streams", _boolean, True,
+        help="Delete streams once their pipeline has completed (false keeps them as `completed`)."),
+    Key("trim_events", _boolean, False, help="Delete old events that belong to no active stream."),
+    Key("trim_events_age", _time_expression, "$timestamp - 14d",
+        help="Time expression: events older than this are trimmed."),
+    Key("trim_events_batch_size", _positive_int, 100, help="Events deleted per trimming batch."),
+    Key("log_level", _log_level, "info",
+        help="Level of the `winchester` loggers: debug, info, warning, error, critical."),
+    Key("logging_config", _optional_text, None,
+        help="A logging configuration file (`.ini`/`.conf` fileConfig, `.yaml`/`.json` dictConfig); "
+             "replaces `log_level`."),
+    Key("time_sync_endpoint", _optional_text, None,
+        help="Accepted from old configurations; the built-in event clock replaces the time-sync service."),
+)
+KEYS_BY_NAME = {key.name: key for key in KEYS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A validated ``winchester.yaml``; build it with :func:`load_settings`."""
+
+    source: Path | None
+    config_path: tuple[Path, ...]
+    database_url: str
+    distiller_config: str
+    trigger_definitions: str
+    pipeline_config: str
+    pipeline_handlers: Mapping[str, str]
+    distiller_trait_plugins: Mapping[str, str]
+    catch_all_notifications: bool
+    statistics_period: float
+    pipeline_worker_batch_size: int
+    pipeline_worker_delay: float
+    purge_completed_streams: bool
+    trim_events: bool
+    trim_events_age: str
+    trim_events_batch_size: int
+    log_level: str
+    logging_config: str | None
+    time_sync_endpoint: str | None
+    warnings: tuple[Problem, ...] = ()
+
+    @property
+    def file_name(self) -> str:
+        return str(self.source) if self.source else "<settings>"
+
+    def search_directories(self) -> list[Path]:
+        """Where relative file names are looked up, in order."""
+        directories: list[Path] = []
+        for directory in self.config_path:
+            if directory not in directories:
+                directories.append(directory)
+        if self.source is not None and self.source.parent not in directories:
+            directories.append(self.source.parent)
+        return directories
+
+    def find_file(self, name: str, key: str) -> Path:
+        """Locate a file named by ``key``; :class:`ConfigError` lists where it looked."""
+        path = Path(name).expanduser()
+        if path.is_absolute():
+            candidates = [path]
+        else:
+            candidates = [directory / path for directory in self.search_directories()]
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+        looked = ", ".join(str(c) for c in candidates)
+        raise ConfigError(Problem(
+            file=self.file_name, where=key,
+            message=f"file {name!r} not found (looked in: {looked})"))
+
+    def read_yaml(self, key: str) -> tuple[Path, Any, list[Problem]]:
+        """Find, read and parse the file named by ``key``."""
+        path = self.find_file(getattr(self, key), key)
+        data, warnings = parse_yaml(read_text(path, key), str(path))
+        return path, data, warnings
+
+
+def read_text(path: Path, key: str | None = None) -> str:
+    """Read a configuration file as UTF-8, turning OS errors into :class:`ConfigError`."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        message = "file not found"
+    except IsADirectoryError:
+        message = "is a directory, not a file"
+    except PermissionError:
+        message = "permission denied"
+    except UnicodeDecodeError as exc:
+        message = f"is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+    except OSError as exc:
+        message = f"cannot be read: {exc.strerror or exc}"
+    raise ConfigError(Problem(file=str(path), where=key or "", message=message))
+
+
+def default_database_url(cwd: Path) -> str:
+    return f"sqlite:///{cwd / 'var' / 'winchester.db'}"
+
+
+def load_settings(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None,
+                  cwd: Path | None = None) -> Settings:
+    """Read and validate ``winchester.yaml``.
+
+    Raises :class:`ConfigError` listing every problem found (each names the
+    file, the key and the line). Unknown keys and duplicate keys do not stop
+    loading: they are returned in :attr:`Settings.warnings`.
+    """
+    environ = os.environ if environ is None else environ
+    cwd = Path.cwd() if cwd is None else cwd
+    source = Path(path).expanduser()
+    if not source.is_absolute():
+        source = cwd / source
+    data, warnings = parse_yaml(read_text(source), str(source))
+    return settings_from_mapping(data, source=source, environ=environ, cwd=cwd, warnings=warnings)
+
+
+def settings_from_mapping(data: Any, *, source: Path | None, environ: Mapping[str, str],
+                          cwd: Path, warnings: list[Problem] | None = None) -> Settings:
+    file_name = str(source) if source else "<settings>"
+    problems: list[Problem] = []
+    warnings = list(warnings or [])
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(Problem(file=file_name, where="", line=1,
+                                  message=f"must be a mapping of settings, not {_describe(data)}"))
+
+    def problem(key: str, message: str, severity: str = "error", subkey: Any = None) -> Problem:
+        container = data[key] if subkey is not None else data
+        line_col = position_of(container, subkey if subkey is not None else key)
+        line, column = line_col if line_col else (None, None)
+        where = f"{key}.{subkey}" if subkey is not None else key
+        return Problem(file=file_name, where=where, message=message, line=line, column=column,
+                       severity=severity)
+
+    values: dict[str, Any] = {}
+    for key in KEYS:
+        if key.name not in data:
+            if key.required:
+                problems.append(Problem(file=file_name, where=key.name,
+                                        message=f"is required ({key.help})"))
+            else:
+                values[key.name] = key.default
+            continue
+        value = data[key.name]
+        if value is None and key.default is None and not key.required:
+            values[key.name] = None
+            continue
+        message = key.validate(value)
+        if message:
+            problems.append(problem(key.name, message))
+        else:
+            values[key.name] = value
+    for name in data:
+        if name not in KEYS_BY_NAME:
+            close = _close_matches(str(name))
+            hint = f" (did you mean {close}?)" if close else ""
+            warnings.append(problem(name, f"unknown key, ignored{hint}", severity="warning"))
+    database = data.get("database")
+    if isinstance(database, Mapping):
+        for name in database:
+            if name != "url":
+                warnings.append(problem("database", "unknown key, ignored", "warning", subkey=name))
+    if problems:
+        raise ConfigError(problems)
+
+    config_dir = source.parent if source else cwd
+    raw_paths = values["config_path"]
+    raw_paths = [raw_paths] if isinstance(raw_paths, str) else raw_paths
+    config_path: list[Path] = []
+    for entry in raw_paths:
+        entry_path = Path(entry).expanduser()
+        # Relative entries are taken from the configuration file's directory
+        # first (so it works from any working directory), then from the
+        # working directory, as the original did.
+        for candidate in ([entry_path] if entry_path.is_absolute()
+                          else [config_dir / entry_path, cwd / entry_path]):
+            resolved = Path(os.path.normpath(candidate))
+            if resolved not in config_path:
+                config_path.append(resolved)
+
+    database_url = environ.get(DATABASE_URL_ENV) or (
+        (values["database"] or {}).get("url") or default_database_url(cwd))
+    plain = {name: value for name, value in values.items() if name not in ("database", "config_path")}
+    plain["log_level"] = plain["log_level"].lower()
+    plain["pipeline_handlers"] = dict(plain["pipeline_handlers"])
+    plain["distiller_trait_plugins"] = dict(plain["distiller_trait_plugins"])
+    return Settings(source=source, config_path=tuple(config_path), database_url=database_url,
+                    warnings=tuple(warnings), **plain)
+
+
+def _close_matches(name: str) -> str | None:
+    import difflib
+
+    matches = difflib.get_close_matches(name, KEYS_BY_NAME, n=1, cutoff=0.75)
+    return repr(matches[0]) if matches else None

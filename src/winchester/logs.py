@@ -1,0 +1,69 @@
+"""Logging set-up from ``log_level`` / ``logging_config``.
+
+Each package logs through ``logging.getLogger(__name__)``, so every logger
+is a child of ``winchester`` and one level setting governs them all.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+from pathlib import Path
+
+import orjson
+
+from winchester._yaml import parse_yaml
+from winchester.config import Settings, read_text
+from winchester.errors import ConfigError, Problem
+
+ROOT_LOGGER = "winchester"
+_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+_handler: logging.Handler | None = None
+
+
+def configure_logging(settings: Settings, level_override: str | None = None) -> None:
+    """Apply the logging settings; a ``logging_config`` file replaces ``log_level``."""
+    if settings.logging_config and level_override is None:
+        path = settings.find_file(settings.logging_config, "logging_config")
+        _apply_logging_file(path)
+        return
+    configure_level(level_override or settings.log_level)
+
+
+def configure_level(level: str) -> None:
+    """Send ``winchester.*`` records at ``level`` and above to standard error."""
+    global _handler
+    logger = logging.getLogger(ROOT_LOGGER)
+    logger.setLevel(level.upper())
+    if _handler is None:
+        _handler = logging.StreamHandler()
+        _handler.setFormatter(logging.Formatter(_FORMAT))
+    # A logging_config applied earlier may have detached it.
+    if _handler not in logger.handlers:
+        logger.addHandler(_handler)
+
+
+def _apply_logging_file(path: Path) -> None:
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            data, _ = parse_yaml(read_text(path, "logging_config"), str(path))
+            logging.config.dictConfig(_plain(data))
+        elif suffix == ".json":
+            logging.config.dictConfig(orjson.loads(read_text(path, "logging_config")))
+        else:
+            logging.config.fileConfig(path, disable_existing_loggers=False)
+    except ConfigError:
+        raise
+    except Exception as exc:  # the logging module raises many unrelated types
+        raise ConfigError(Problem(file=str(path), where="logging_config",
+                                  message=f"invalid logging configuration: {exc}")) from exc
+
+
+def _plain(data):
+    """dictConfig rejects dict subclasses in some places; hand it plain containers."""
+    if isinstance(data, dict):
+        return {key: _plain(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_plain(value) for value in data]
+    return data

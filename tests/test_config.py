@@ -1,0 +1,221 @@
+"""Loading winchester.yaml: keys, defaults, types, lookups and error messages."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from winchester.config import DATABASE_URL_ENV, KEYS, load_settings
+from winchester.errors import ConfigError
+from winchester.logs import configure_logging
+
+ROOT = Path(__file__).resolve().parents[1]
+ETC = ROOT / "etc"
+REAL = ROOT.parent / "shared" / "data" / "real" / "stacktach" / "other_configs"
+MINIMAL = "distiller_config: e.yaml\ntrigger_definitions: t.yaml\npipeline_config: p.yaml\n"
+
+
+def write(tmp_path: Path, text: str, name: str = "winchester.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_example_configuration_loads_without_warnings():
+    """The shipped etc/winchester.yaml is valid and warning-free."""
+    settings = load_settings(ETC / "winchester.yaml", environ={})
+    assert settings.warnings == ()
+    assert settings.distiller_config == "event_definitions.yaml"
+    assert settings.find_file(settings.trigger_definitions, "trigger_definitions") == ETC / "triggers.yaml"
+
+
+def test_defaults_are_the_originals(tmp_path):
+    """Keys left out take the defaults the original Winchester documented."""
+    settings = load_settings(write(tmp_path, MINIMAL), environ={}, cwd=tmp_path)
+    assert settings.statistics_period == 10
+    assert settings.pipeline_worker_batch_size == 1000
+    assert settings.pipeline_worker_delay == 10
+    assert settings.purge_completed_streams is True
+    assert settings.catch_all_notifications is False
+    assert settings.trim_events is False
+    assert settings.trim_events_age == "$timestamp - 14d"
+    assert settings.trim_events_batch_size == 100
+    assert settings.pipeline_handlers == {} and settings.distiller_trait_plugins == {}
+    assert settings.log_level == "info" and settings.logging_config is None
+    assert settings.time_sync_endpoint is None
+
+
+def test_default_database_is_sqlite_under_var(tmp_path):
+    """Without a database section the store is an SQLite file in ./var/ of the working directory."""
+    settings = load_settings(write(tmp_path, MINIMAL), environ={}, cwd=tmp_path)
+    assert settings.database_url == f"sqlite:///{tmp_path}/var/winchester.db"
+
+
+def test_environment_overrides_database_url(tmp_path):
+    """WINCHESTER_DATABASE_URL wins over database.url."""
+    path = write(tmp_path, MINIMAL + "database:\n  url: sqlite:///x.db\n")
+    assert load_settings(path, environ={}).database_url == "sqlite:///x.db"
+    settings = load_settings(path, environ={DATABASE_URL_ENV: "postgresql+psycopg://u@h/db"})
+    assert settings.database_url == "postgresql+psycopg://u@h/db"
+
+
+@pytest.mark.parametrize("name", ["winchester_etc_winchester.yaml", "sandbox_winchester.yaml"])
+def test_stacktach_configurations_load_unchanged(name):
+    """The winchester.yaml files of existing StackTach deployments load without error or warning."""
+    settings = load_settings(REAL / name, environ={})
+    assert settings.warnings == ()
+    assert settings.database_url == "mysql://winchester:testpasswd@localhost/winchester"
+    assert "logger" in settings.pipeline_handlers
+
+
+def test_unknown_key_is_a_warning_naming_key_and_line(tmp_path):
+    """An unknown key does not stop loading; the warning names it, its line and a likely fix."""
+    settings = load_settings(write(tmp_path, MINIMAL + "statistic_period: 5\n"), environ={})
+    [warning] = settings.warnings
+    assert warning.severity == "warning"
+    assert warning.where == "statistic_period" and warning.line == 4
+    assert "did you mean 'statistics_period'" in warning.message
+
+
+@pytest.mark.parametrize("line, key, fragment", [
+    ("statistics_period: ten", "statistics_period", "must be a number"),
+    ("pipeline_worker_batch_size: 0", "pipeline_worker_batch_size", "greater than 0"),
+    ("pipeline_worker_batch_size: true", "pipeline_worker_batch_size", "whole number"),
+    ("pipeline_worker_delay: -1", "pipeline_worker_delay", "must not be negative"),
+    ("purge_completed_streams: maybe", "purge_completed_streams", "true or false"),
+    ("log_level: loud", "log_level", "must be one of debug"),
+    ("pipeline_handlers: {logger: not-an-import-path}", "pipeline_handlers", "module.path:ClassName"),
+    ("config_path: 42", "config_path", "list of directories"),
+    ("trim_events_age: '$timestamp - 14'", "trim_events_age", "time expression"),
+    ("database: sqlite:///x.db", "database", "mapping with a 'url'"),
+])
+def test_wrong_types_name_file_key_and_line(tmp_path, line, key, fragment):
+    """A wrong value raises ConfigError naming the file, the key, its line and what is expected."""
+    path = write(tmp_path, MINIMAL + line + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    [problem] = info.value.problems
+    assert problem.file == str(path)
+    assert problem.where == key and problem.line == 4
+    assert fragment in problem.message
+    assert f"{path}:4" in str(info.value)
+
+
+def test_all_problems_are_reported_at_once(tmp_path):
+    """Several errors in one file are all listed, not only the first."""
+    path = write(tmp_path, "statistics_period: x\nlog_level: 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    wheres = {p.where for p in info.value.problems}
+    assert wheres == {"statistics_period", "log_level", "distiller_config",
+                      "trigger_definitions", "pipeline_config"}
+
+
+def test_missing_file_is_named(tmp_path):
+    """A configuration file that does not exist raises ConfigError naming it."""
+    with pytest.raises(ConfigError, match="nowhere.yaml: file not found"):
+        load_settings(tmp_path / "nowhere.yaml")
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    """Broken YAML raises ConfigError with the file, line and column."""
+    path = write(tmp_path, MINIMAL + "database: [unclosed\nlog_level: info\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    [problem] = info.value.problems
+    assert problem.file == str(path) and problem.line == 5
+    assert "YAML syntax error" in problem.message
+
+
+def test_top_level_must_be_a_mapping(tmp_path):
+    """A file holding a list instead of settings is refused with a clear message."""
+    with pytest.raises(ConfigError, match="must be a mapping of settings"):
+        load_settings(write(tmp_path, "- a\n- b\n"))
+
+
+def test_relative_files_are_found_through_config_path(tmp_path, monkeypatch):
+    """Relative names are searched in config_path (relative to the config file), then its directory."""
+    (tmp_path / "defs").mkdir()
+    (tmp_path / "defs" / "t.yaml").write_text("[]")
+    (tmp_path / "p.yaml").write_text("{}")
+    path = write(tmp_path, MINIMAL + "config_path: [defs]\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    settings = load_settings(path, environ={})
+    assert settings.find_file("t.yaml", "trigger_definitions") == tmp_path / "defs" / "t.yaml"
+    assert settings.find_file("p.yaml", "pipeline_config") == tmp_path / "p.yaml"
+    with pytest.raises(ConfigError) as info:
+        settings.find_file("e.yaml", "distiller_config")
+    assert "file 'e.yaml' not found" in str(info.value)
+    assert str(tmp_path / "defs" / "e.yaml") in str(info.value)
+
+
+def test_config_path_also_accepts_working_directory_relative_entries(tmp_path, monkeypatch):
+    """An entry relative to the working directory (as the sandbox used) still works."""
+    conf_dir = tmp_path / "winchester"
+    conf_dir.mkdir()
+    (conf_dir / "t.yaml").write_text("[]")
+    path = write(conf_dir, MINIMAL + "config_path: winchester\n")
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(path, environ={})
+    assert settings.find_file("t.yaml", "trigger_definitions") == conf_dir / "t.yaml"
+
+
+def test_every_key_has_help_and_a_readme_entry():
+    """Each configuration key is documented in the README's configuration reference."""
+    readme = (ROOT / "README.md").read_text()
+    for key in KEYS:
+        assert key.help, key.name
+        assert f"`{key.name}`" in readme, f"README does not document {key.name}"
+
+
+@pytest.fixture
+def restore_logging():
+    logger = logging.getLogger("winchester")
+    level, handlers = logger.level, list(logger.handlers)
+    yield
+    logger.setLevel(level)
+    logger.handlers[:] = handlers
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_log_level_is_applied_to_the_package_logger(tmp_path):
+    """log_level sets the level of the winchester logger tree."""
+    settings = load_settings(write(tmp_path, MINIMAL + "log_level: DEBUG\n"), environ={})
+    configure_logging(settings)
+    assert logging.getLogger("winchester.distill").getEffectiveLevel() == logging.DEBUG
+    configure_logging(load_settings(write(tmp_path, MINIMAL), environ={}))
+    assert logging.getLogger("winchester.distill").getEffectiveLevel() == logging.INFO
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_logging_config_file_is_honoured(tmp_path):
+    """A logging_config YAML file is applied with dictConfig."""
+    (tmp_path / "logging.yaml").write_text(
+        "version: 1\nincremental: false\ndisable_existing_loggers: false\n"
+        "loggers:\n  winchester:\n    level: ERROR\n")
+    settings = load_settings(write(tmp_path, MINIMAL + "logging_config: logging.yaml\n"), environ={})
+    configure_logging(settings)
+    assert logging.getLogger("winchester").level == logging.ERROR
+
+
+def test_bad_logging_config_names_the_file(tmp_path):
+    """An invalid logging configuration is a ConfigError naming its file."""
+    (tmp_path / "logging.yaml").write_text("version: 99\n")
+    settings = load_settings(write(tmp_path, MINIMAL + "logging_config: logging.yaml\n"), environ={})
+    with pytest.raises(ConfigError) as info:
+        configure_logging(settings)
+    assert "logging.yaml" in str(info.value) and "invalid logging configuration" in str(info.value)
+
+
+def test_copied_example_directory_works_anywhere(tmp_path, monkeypatch):
+    """A copy of etc/ is self-contained: its files are found from any working directory."""
+    shutil.copytree(ETC, tmp_path / "etc")
+    monkeypatch.chdir("/")
+    settings = load_settings(tmp_path / "etc" / "winchester.yaml", environ={})
+    for key in ("distiller_config", "trigger_definitions", "pipeline_config"):
+        assert settings.read_yaml(key)[0].parent == tmp_path / "etc"
