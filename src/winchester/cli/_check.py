@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -25,16 +26,16 @@ def check(config_file: str, strict: bool) -> None:
     settings = report.settings
 
     table = Table(title=f"Configuration {report.config_file}", title_justify="left")
-    table.add_column("key")
-    table.add_column("file")
-    table.add_column("result")
+    table.add_column("key", no_wrap=True)
+    table.add_column("file", overflow="fold")
+    table.add_column("result", overflow="fold")
     if settings is not None:
-        table.add_row("winchester.yaml", str(settings.source),
+        table.add_row("winchester.yaml", _short(settings.source),
                       f"database {settings.database_url}")
         for file_report in report.files:
             errors = sum(p.severity == "error" for p in file_report.problems)
             status = f"[red]{errors} error(s)[/red]" if errors else f"[green]ok[/green] {file_report.summary}"
-            table.add_row(file_report.key, str(file_report.path or "-"), status)
+            table.add_row(file_report.key, _short(file_report.path), status)
         console.print(table)
 
     problems = report.all_problems
@@ -48,3 +49,13 @@ def check(config_file: str, strict: bool) -> None:
     verdict = "[red]configuration is invalid[/red]" if failed else "[green]configuration is valid[/green]"
     console.print(f"{verdict} ({errors} error(s), {warnings} warning(s))")
     sys.exit(1 if failed else 0)
+
+
+def _short(path: Path | None) -> str:
+    """A path relative to the working directory when it is below it."""
+    if path is None:
+        return "-"
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
