@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
@@ -31,3 +32,21 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         report.longrepr = (
             f"skipped under WINCHESTER_REQUIRE_SERVICES=1, which forbids skips: {reason}")
+
+
+def real_data_dir() -> Path:
+    """The shared real-world inputs (``../shared/data/real`` beside the checkout).
+
+    ``WINCHESTER_REAL_DATA`` points elsewhere when the checkout lives apart
+    from ``shared/``.
+    """
+    configured = os.environ.get("WINCHESTER_REAL_DATA")
+    path = Path(configured) if configured else Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+    if not path.is_dir():
+        pytest.fail(f"real test data not found at {path}; set WINCHESTER_REAL_DATA", pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    return real_data_dir()

@@ -14,7 +14,6 @@ from winchester.logs import configure_logging
 
 ROOT = Path(__file__).resolve().parents[1]
 ETC = ROOT / "etc"
-REAL = ROOT.parent / "shared" / "data" / "real" / "stacktach" / "other_configs"
 MINIMAL = "distiller_config: e.yaml\ntrigger_definitions: t.yaml\npipeline_config: p.yaml\n"
 
 
@@ -63,9 +62,9 @@ def test_environment_overrides_database_url(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["winchester_etc_winchester.yaml", "sandbox_winchester.yaml"])
-def test_stacktach_configurations_load_unchanged(name):
+def test_stacktach_configurations_load_unchanged(name, real_data):
     """The winchester.yaml files of existing StackTach deployments load without error or warning."""
-    settings = load_settings(REAL / name, environ={})
+    settings = load_settings(real_data / "stacktach" / "other_configs" / name, environ={})
     assert settings.warnings == ()
     assert settings.database_url == "mysql://winchester:testpasswd@localhost/winchester"
     assert "logger" in settings.pipeline_handlers
