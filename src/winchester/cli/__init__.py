@@ -17,6 +17,8 @@ from winchester import __version__
 # name -> (module, attribute, one-line help shown by ``winchester --help``)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "check": ("winchester.cli._check", "check", "Validate winchester.yaml and every file it names."),
+    "distill": ("winchester.cli._distill", "distill",
+                "Convert captured notifications to events (try your definitions)."),
     "version": ("winchester.cli._version", "version", "Print the Winchester version."),
 }
 

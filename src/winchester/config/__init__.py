@@ -4,6 +4,7 @@ Read once, at the edge, into a typed :class:`Settings`; everything else is
 handed the pieces it needs.
 """
 
+from winchester.config._components import build_distiller, load_event_definitions
 from winchester.config._settings import (
     DATABASE_URL_ENV,
     KEYS,
@@ -19,6 +20,8 @@ __all__ = [
     "KEYS",
     "Key",
     "Settings",
+    "build_distiller",
+    "load_event_definitions",
     "load_settings",
     "read_text",
     "settings_from_mapping",

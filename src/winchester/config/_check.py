@@ -7,16 +7,16 @@ problem: an operator fixing a file wants the whole list at once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from winchester._yaml import position_of
+from winchester.config._components import load_event_definitions
 from winchester.config._settings import Settings, load_settings
 from winchester.errors import ConfigError, Problem, TimexSyntaxError
 
-TRAIT_TYPES = ("text", "int", "float", "datetime")
 TRAIT_CRITERION_TYPES = ("string", "text", "int", "float", "numeric", "datetime")
 # Handler names every pipeline may use without a pipeline_handlers entry.
 # Keep in step with the built-in handler registry of winchester.pipelines.
@@ -95,45 +95,6 @@ def _check_event_types(collect: _Collector, where: str, value: Any, container: A
             isinstance(p, str) and p.strip() for p in patterns):
         collect.error(where, f"must be an event type glob or a list of them, not {value!r}",
                       container, key)
-
-
-def check_event_definitions(data: Any, collect: _Collector, settings: Settings) -> str:
-    if not isinstance(data, list):
-        collect.error("", "must be a list of event definitions", data)
-        return ""
-    for index, definition in enumerate(data):
-        label = f"definition #{index}"
-        if not isinstance(definition, Mapping):
-            collect.error(label, "must be a mapping with 'event_type' and 'traits'", data, index)
-            continue
-        if "event_type" not in definition:
-            collect.error(label, "'event_type' is required", data, index)
-        else:
-            label = f"definition #{index} ({definition['event_type']})"
-            _check_event_types(collect, f"{label} > event_type", definition["event_type"],
-                               definition, "event_type")
-        traits = definition.get("traits")
-        if not isinstance(traits, Mapping):
-            collect.error(f"{label} > traits", "is required and must be a mapping of trait "
-                          "name to trait definition", definition, "traits")
-            continue
-        for trait_name, trait in traits.items():
-            where = f"{label} > trait {trait_name!r}"
-            if not isinstance(trait, Mapping):
-                collect.error(where, "must be a mapping with 'fields'", traits, trait_name)
-                continue
-            fields = trait.get("fields")
-            if fields is None:
-                collect.error(f"{where} > fields", "is required", traits, trait_name)
-            elif not (isinstance(fields, str) or (isinstance(fields, list) and fields and all(
-                    isinstance(f, str) for f in fields))):
-                collect.error(f"{where} > fields", "must be a JSONPath or a list of them",
-                              trait, "fields")
-            trait_type = trait.get("type", "text")
-            if trait_type not in TRAIT_TYPES:
-                collect.error(f"{where} > type", f"unknown type {trait_type!r}; expected one of "
-                              f"{', '.join(TRAIT_TYPES)}", trait, "type")
-    return f"{len(data)} event definitions"
 
 
 def check_pipelines(data: Any, collect: _Collector, settings: Settings) -> str:
@@ -256,9 +217,6 @@ def _check_criterion(collect: _Collector, where: str, criteria: list, position: 
                                        test["datetime"], test, "datetime")
 
 
-FileChecker = Callable[[Any, _Collector, Settings], str]
-
-
 def check_configuration(config_file: str | Path) -> CheckReport:
     """Load ``winchester.yaml`` and every file it names; collect every problem."""
     report = CheckReport(config_file=str(config_file))
@@ -270,8 +228,19 @@ def check_configuration(config_file: str | Path) -> CheckReport:
     report.settings = settings
     report.problems.extend(settings.warnings)
 
-    loaded: dict[str, Any] = {}
-    for key in ("distiller_config", "pipeline_config", "trigger_definitions"):
+    definitions_report = FileReport(key="distiller_config", path=None)
+    report.files.append(definitions_report)
+    try:
+        definitions = load_event_definitions(settings)
+    except ConfigError as exc:
+        definitions_report.problems.extend(exc.problems)
+    else:
+        definitions_report.path = Path(definitions.file_name)
+        definitions_report.summary = f"{len(definitions)} event definitions"
+        definitions_report.problems.extend(definitions.warnings)
+
+    pipelines: Mapping[str, Any] | None = None
+    for key in ("pipeline_config", "trigger_definitions"):
         file_report = FileReport(key=key, path=None)
         report.files.append(file_report)
         try:
@@ -282,14 +251,11 @@ def check_configuration(config_file: str | Path) -> CheckReport:
         file_report.path = path
         file_report.problems.extend(warnings)
         collect = _Collector(str(path))
-        if key == "distiller_config":
-            file_report.summary = check_event_definitions(data, collect, settings)
-        elif key == "pipeline_config":
+        if key == "pipeline_config":
             file_report.summary = check_pipelines(data, collect, settings)
-            loaded[key] = data if isinstance(data, Mapping) else None
+            pipelines = data if isinstance(data, Mapping) else None
         else:
-            file_report.summary = check_triggers(data, collect, settings,
-                                                 loaded.get("pipeline_config"))
+            file_report.summary = check_triggers(data, collect, settings, pipelines)
         file_report.problems.extend(collect.problems)
     if settings.logging_config:
         file_report = FileReport(key="logging_config", path=None, summary="logging configuration")
