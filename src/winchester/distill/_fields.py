@@ -17,6 +17,7 @@ document order), which plugins receive.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,12 @@ _STEP = re.compile(
     re.VERBOSE,
 )
 _FIRST = re.compile(rf"(?P<dotted>{_IDENTIFIER})|'(?P<single>[^'\\]*)'|\"(?P<double>[^\"\\]*)\"")
+_BARE_FILTER_WORD = re.compile(
+    r"(\[\?\s*[\w.@]+\s*(?:==|!=|<=|>=|=|<|>)\s*)([A-Za-z_][\w-]*)(\s*\])")
+# `` base.`split(., 1, 1)` `` with a one-character unquoted separator: Ceilometer's
+# host/service traits. Other forms of the function go to jsonpath-ng.
+_SPLIT_FUNCTION = re.compile(
+    r"^(?P<base>.+)\.`split\((?P<char>[^\s,'\"`\\]),\s*(?P<segment>-?\d+),\s*(?P<max_split>-?\d+)\)`$")
 # Words jsonpath-ng treats as keywords; a path using them must go to the real parser.
 _KEYWORDS = frozenset({"where", "wherenot", "this", "parent", "sorted", "len", "sub", "split", "str"})
 
@@ -109,11 +116,38 @@ def _simple_getter(steps: tuple[str | int, ...]) -> FirstGetter:
     return get_many
 
 
+def _quote_filter_words(path: str) -> str:
+    """``[?key=image_id]`` -> ``[?key='image_id']``.
+
+    Ceilometer's files compare against bare words, which jsonpath-ng
+    deprecates (and will stop accepting); the quoted form means the same.
+    """
+    return _BARE_FILTER_WORD.sub(lambda m: f"{m.group(1)}'{m.group(2)}'{m.group(3)}", path)
+
+
+def _split_getter(base: FirstGetter, separator: str, segment: int, max_split: int) -> FirstGetter:
+    """The backtick ``split`` function on a plain path, as jsonpath-ng evaluates it."""
+
+    def get_segment(document: Any) -> Any:
+        value = base(document)
+        if type(value) is not str:
+            return None
+        try:
+            return value.split(separator, max_split)[segment]
+        except IndexError:
+            return None
+
+    return get_segment
+
+
 def _jsonpath_getters(path: str) -> tuple[FirstGetter, Getter]:
     from jsonpath_ng.ext import parse as jsonpath_parse
 
     try:
-        expression = jsonpath_parse(path)
+        with warnings.catch_warnings():
+            # Deprecations are jsonpath-ng's business (the version is pinned below 2).
+            warnings.simplefilter("ignore", DeprecationWarning)
+            expression = jsonpath_parse(_quote_filter_words(path))
     except Exception as exc:  # jsonpath-ng raises bare Exception subclasses from ply
         raise FieldPathError(f"{type(exc).__name__}: {exc}") from None
 
@@ -138,15 +172,70 @@ class FieldPath:
     all: Getter
 
 
+def split_alternatives(path: str) -> list[str]:
+    """``(a)|(b)`` -> ``["a", "b"]``: the top-level ``|`` alternatives of a path.
+
+    jsonpath-ng deprecates its union operator; alternatives are evaluated
+    here instead, in order, which is also what "first non-null wins" needs.
+    """
+    parts: list[str] = []
+    depth = 0
+    quote = ""
+    start = 0
+    for position, char in enumerate(path):
+        if quote:
+            if char == quote:
+                quote = ""
+        elif char in "'\"`":
+            quote = char
+        elif char in "([":
+            depth += 1
+        elif char in ")]":
+            depth -= 1
+        elif char == "|" and depth == 0:
+            parts.append(path[start:position])
+            start = position + 1
+    parts.append(path[start:])
+    return [_strip_parentheses(part.strip()) for part in parts]
+
+
+def _strip_parentheses(part: str) -> str:
+    while part.startswith("(") and part.endswith(")") and _balanced(part[1:-1]):
+        part = part[1:-1].strip()
+    return part
+
+
+def _balanced(text: str) -> bool:
+    depth = 0
+    for char in text:
+        depth += (char == "(") - (char == ")")
+        if depth < 0:
+            return False
+    return depth == 0
+
+
 def compile_path(path: str) -> FieldPath:
     """Compile one field path; raises :class:`FieldPathError` if it does not parse."""
     if not isinstance(path, str) or not path.strip():
         raise FieldPathError("a field path must be a non-empty string")
-    steps = simple_steps(path)
+    alternatives = split_alternatives(path)
+    if len(alternatives) > 1:
+        compiled = [compile_path(alternative) for alternative in alternatives]
+        getters = tuple(c.all for c in compiled)
+
+        def get_all_alternatives(document: Any) -> list[Any]:
+            return [value for getter in getters for value in getter(document)]
+
+        return FieldPath(path, first_of(tuple(compiled)), get_all_alternatives)
+    split = _SPLIT_FUNCTION.match(path.strip())
+    steps = simple_steps(split.group("base") if split else path)
     if steps is None:
         first, get_all = _jsonpath_getters(path)
         return FieldPath(path, first, get_all)
     first = _simple_getter(steps)
+    if split:
+        first = _split_getter(first, split.group("char"), int(split.group("segment")),
+                              int(split.group("max_split")))
 
     def get_all_simple(document: Any) -> list[Any]:
         value = first(document)
