@@ -11,6 +11,9 @@
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -50,3 +53,70 @@ def real_data_dir() -> Path:
 @pytest.fixture(scope="session")
 def real_data() -> Path:
     return real_data_dir()
+
+
+# --- databases ---------------------------------------------------------------------------
+
+POSTGRES_URL = os.environ.get("WINCHESTER_TEST_POSTGRES_URL",
+                              "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _postgres_problem() -> str | None:
+    import psycopg
+
+    conninfo = POSTGRES_URL.replace("postgresql+psycopg://", "postgresql://")
+    try:
+        with psycopg.connect(conninfo, connect_timeout=3):
+            return None
+    except psycopg.Error as exc:
+        return f"PostgreSQL is not reachable at {POSTGRES_URL}: {exc}"
+
+
+def require_service(problem: str | None) -> None:
+    """Skip (locally) or fail (under WINCHESTER_REQUIRE_SERVICES=1) when a service is missing."""
+    if problem is None:
+        return
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{problem} (WINCHESTER_REQUIRE_SERVICES=1)", pytrace=False)
+    pytest.skip(problem)
+
+
+@contextmanager
+def postgres_schema_url() -> Iterator[str]:
+    """A URL whose connections work in a fresh, private schema, dropped afterwards."""
+    import psycopg
+
+    require_service(_postgres_problem())
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    conninfo = POSTGRES_URL.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo, autocommit=True) as connection:
+        connection.execute(f'CREATE SCHEMA "{schema}"')
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    try:
+        yield f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(conninfo, autocommit=True) as connection:
+            connection.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request, tmp_path) -> Iterator[str]:
+    """An empty database on each store: an SQLite file, or a private PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'winchester.db'}"
+    else:
+        with postgres_schema_url() as url:
+            yield url
+
+
+@pytest.fixture
+def migrated_url(database_url) -> str:
+    """``database_url`` with the schema created by the migrations."""
+    from winchester.store import create_engine, upgrade
+
+    engine = create_engine(database_url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    return database_url

@@ -19,6 +19,9 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "check": ("winchester.cli._check", "check", "Validate winchester.yaml and every file it names."),
     "distill": ("winchester.cli._distill", "distill",
                 "Convert captured notifications to events (try your definitions)."),
+    "db": ("winchester.cli._db", "db", "Create and migrate the database schema."),
+    "ingest-file": ("winchester.cli._ingest_file", "ingest_file",
+                    "Ingest captured notifications from a JSON-lines file or stdin."),
     "version": ("winchester.cli._version", "version", "Print the Winchester version."),
 }
 

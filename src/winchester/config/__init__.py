@@ -4,7 +4,12 @@ Read once, at the edge, into a typed :class:`Settings`; everything else is
 handed the pieces it needs.
 """
 
-from winchester.config._components import build_distiller, load_event_definitions
+from winchester.config._components import (
+    build_distiller,
+    load_event_definitions,
+    load_trigger_definitions,
+    open_store,
+)
 from winchester.config._settings import (
     DATABASE_URL_ENV,
     KEYS,
@@ -22,6 +27,8 @@ __all__ = [
     "Settings",
     "build_distiller",
     "load_event_definitions",
+    "load_trigger_definitions",
+    "open_store",
     "load_settings",
     "read_text",
     "settings_from_mapping",

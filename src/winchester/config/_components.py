@@ -7,6 +7,8 @@ from dataclasses import replace
 from winchester.config._settings import Settings
 from winchester.distill import DefinitionSet, Distiller, available_plugins, load_definitions
 from winchester.errors import ConfigError, Problem
+from winchester.store import Store
+from winchester.triggers import TriggerSet, load_triggers
 
 
 def load_event_definitions(settings: Settings) -> DefinitionSet:
@@ -30,3 +32,43 @@ def load_event_definitions(settings: Settings) -> DefinitionSet:
 
 def build_distiller(settings: Settings) -> Distiller:
     return Distiller(load_event_definitions(settings), catch_all=settings.catch_all_notifications)
+
+
+def load_pipeline_names(settings: Settings) -> set[str] | None:
+    """The pipeline names defined in ``pipeline_config`` (None when it cannot be read)."""
+    try:
+        _, data, _ = settings.read_yaml("pipeline_config")
+    except ConfigError:
+        return None
+    return set(data) if isinstance(data, dict) else None
+
+
+def load_trigger_definitions(settings: Settings, check_pipelines: bool = True) -> TriggerSet:
+    """Read ``trigger_definitions``; :class:`ConfigError` lists every problem."""
+    path, data, yaml_warnings = settings.read_yaml("trigger_definitions")
+    pipelines = load_pipeline_names(settings) if check_pipelines else None
+    try:
+        triggers = load_triggers(data, str(path), pipelines=pipelines)
+    except ConfigError as exc:
+        raise ConfigError([*yaml_warnings, *exc.problems]) from None
+    return replace(triggers, warnings=(*yaml_warnings, *triggers.warnings))
+
+
+def indexed_traits(settings: Settings, triggers: TriggerSet) -> set[str]:
+    names = set(settings.indexed_traits)
+    for trigger in triggers:
+        names.update(trigger.distinguished_by)
+    return names
+
+
+def open_store(settings: Settings, triggers: TriggerSet | None = None, check: bool = True) -> Store:
+    """The configured store; refuses (SchemaError) an unmigrated or outdated schema."""
+    names = indexed_traits(settings, triggers) if triggers is not None else set(settings.indexed_traits)
+    store = Store.from_url(settings.database_url, indexed_traits=names)
+    if check:
+        try:
+            store.check_schema(str(settings.source) if settings.source else "winchester.yaml")
+        except Exception:
+            store.close()
+            raise
+    return store

@@ -82,6 +82,12 @@ def _import_map(value: Any) -> str | None:
     return None
 
 
+def _name_list(value: Any) -> str | None:
+    if isinstance(value, list) and all(isinstance(item, str) and item for item in value):
+        return None
+    return f"must be a list of trait names, not {_describe(value)}"
+
+
 def _log_level(value: Any) -> str | None:
     if isinstance(value, str) and value.lower() in LOG_LEVELS:
         return None
@@ -157,6 +163,9 @@ KEYS: tuple[Key, ...] = (
     Key("trim_events_age", _time_expression, "$timestamp - 14d",
         help="Time expression: events older than this are trimmed."),
     Key("trim_events_batch_size", _positive_int, 100, help="Events deleted per trimming batch."),
+    Key("indexed_traits", _name_list, ["instance_id", "tenant_id", "user_id", "request_id"],
+        help="Traits copied into the typed, indexed trait table so queries can filter on them "
+             "(every trigger's distinguishing traits are added automatically)."),
     Key("log_level", _log_level, "info",
         help="Level of the `winchester` loggers: debug, info, warning, error, critical."),
     Key("logging_config", _optional_text, None,
@@ -188,6 +197,7 @@ class Settings:
     trim_events: bool
     trim_events_age: str
     trim_events_batch_size: int
+    indexed_traits: list[str]
     log_level: str
     logging_config: str | None
     time_sync_endpoint: str | None

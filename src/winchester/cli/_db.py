@@ -1,0 +1,139 @@
+"""``winchester db`` (and the original ``winchester_db``): schema migrations."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from winchester.cli._options import CONFIG_ENV
+from winchester.config import load_settings
+from winchester.errors import ConfigError
+from winchester.store import (
+    create_engine,
+    current_revision,
+    downgrade,
+    head_revision,
+    history,
+    migration_sql,
+    stamp,
+    upgrade,
+)
+
+# -c is accepted before the subcommand (`winchester_db -c x upgrade head`, the
+# original's syntax) and after it (`winchester db upgrade -c x`).
+_sub_config = click.option("-c", "--config", "config_file", default=None,
+                           type=click.Path(dir_okay=False),
+                           help="Path to winchester.yaml (overrides the group's -c).")
+
+
+def _database_url(ctx: click.Context, config_file: str | None) -> str:
+    path = config_file or ctx.obj["config_file"]
+    try:
+        return load_settings(path).database_url
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(f"{problem.severity}: {problem}", err=True)
+        sys.exit(2)
+
+
+@click.group()
+@click.option("-c", "--config", "config_file", envvar=CONFIG_ENV, show_envvar=True,
+              default="winchester.yaml", show_default=True, type=click.Path(dir_okay=False),
+              help="Path to winchester.yaml.")
+@click.pass_context
+def db(ctx: click.Context, config_file: str) -> None:
+    """Create and migrate the database schema.
+
+    Run `winchester db upgrade -c winchester.yaml` once before starting any
+    service, and after installing a new version.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["config_file"] = config_file
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+@click.option("--sql", is_flag=True, help="Print the SQL instead of running it.")
+@_sub_config
+@click.pass_context
+def upgrade_command(ctx: click.Context, revision: str, sql: bool, config_file: str | None) -> None:
+    """Upgrade the schema to REVISION (default: head)."""
+    url = _database_url(ctx, config_file)
+    if sql:
+        click.echo(migration_sql(url, revision))
+        return
+    engine = create_engine(url)
+    try:
+        before = current_revision(engine)
+        upgrade(engine, revision)
+        after = current_revision(engine)
+    finally:
+        engine.dispose()
+    click.echo(f"schema upgraded from {before or 'nothing'} to {after}" if before != after
+               else f"schema already at {after}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+@click.option("--sql", is_flag=True, help="Print the SQL instead of running it.")
+@_sub_config
+@click.pass_context
+def downgrade_command(ctx: click.Context, revision: str, sql: bool, config_file: str | None) -> None:
+    """Downgrade the schema to REVISION ('base' removes every table: all data is lost)."""
+    url = _database_url(ctx, config_file)
+    if sql:
+        start = head_revision()
+        click.echo(migration_sql(url, f"{start}:{revision}", downgrade_to=True))
+        return
+    engine = create_engine(url)
+    try:
+        downgrade(engine, revision)
+        click.echo(f"schema downgraded to {current_revision(engine) or 'nothing (base)'}")
+    finally:
+        engine.dispose()
+
+
+@db.command("current")
+@_sub_config
+@click.pass_context
+def current_command(ctx: click.Context, config_file: str | None) -> None:
+    """Print the schema revision of the database (and whether it is current)."""
+    engine = create_engine(_database_url(ctx, config_file))
+    try:
+        revision = current_revision(engine)
+    finally:
+        engine.dispose()
+    head = head_revision()
+    if revision is None:
+        click.echo(f"no schema (head is {head}); run `winchester db upgrade`")
+        sys.exit(1)
+    click.echo(f"{revision}{' (head)' if revision == head else f' (head is {head})'}")
+
+
+@db.command("history")
+@_sub_config
+@click.pass_context
+def history_command(ctx: click.Context, config_file: str | None) -> None:
+    """List the schema revisions, newest first."""
+    for revision, down, message in history():
+        click.echo(f"{down or 'base'} -> {revision}: {message.splitlines()[0] if message else ''}")
+
+
+@db.command("stamp")
+@click.argument("revision")
+@_sub_config
+@click.pass_context
+def stamp_command(ctx: click.Context, revision: str, config_file: str | None) -> None:
+    """Record REVISION as the schema's version without running migrations."""
+    engine = create_engine(_database_url(ctx, config_file))
+    try:
+        stamp(engine, revision)
+        click.echo(f"schema stamped at {current_revision(engine)}")
+    finally:
+        engine.dispose()
+
+
+def winchester_db() -> None:
+    """Entry point of the ``winchester_db`` console script (the original's name)."""
+    db(prog_name="winchester_db")

@@ -1,0 +1,1 @@
+"""The long-running parts: ingest (now), persistor, worker and api (later issues)."""

@@ -1,0 +1,537 @@
+"""The repository: every SQL statement Winchester runs is issued from here."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from winchester.errors import TimexEvaluationError, WinchesterError
+from winchester.events import Event, decode_value, encode_value
+from winchester.store import _migrate
+from winchester.store._engine import create_engine, is_postgresql
+from winchester.store._schema import (
+    KEY_LENGTH,
+    TRAIT_DATETIME,
+    TRAIT_FLOAT,
+    TRAIT_INT,
+    TRAIT_TEXT,
+    dead_letters,
+    event_traits,
+    event_types,
+    events,
+    stream_events,
+    streams,
+)
+from winchester.triggers import distinguishing_from_json, distinguishing_to_json
+
+logger = logging.getLogger(__name__)
+
+# Bound parameters per statement stay well under SQLite's and PostgreSQL's limits.
+_CHUNK = 500
+_RETRIES = 5
+
+
+class StoreError(WinchesterError):
+    """A database operation failed after its retries."""
+
+
+class TriggerPolicy(Protocol):
+    """What the store needs to know about a trigger to keep a stream up to date."""
+
+    name: str
+    fire_delay: float
+
+    def expire_time(self, first: datetime, last: datetime, now: datetime | None = None) -> datetime: ...
+
+    def is_ready(self, counts: Sequence[int]) -> bool: ...
+
+
+class MatchLike(Protocol):
+    trigger: TriggerPolicy
+    key: str
+    distinguishing: Mapping[str, Any]
+    fire_increments: tuple[int, ...]
+
+
+@dataclass
+class IngestItem:
+    """One event to store, the triggers it matched, and "now" as of its arrival."""
+
+    event: Event
+    matches: Sequence[MatchLike]
+    now: datetime
+
+
+@dataclass
+class IngestResult:
+    saved: int = 0
+    duplicates: list[str] = field(default_factory=list)
+    matched: Counter[str] = field(default_factory=Counter)
+    new_streams: Counter[str] = field(default_factory=Counter)
+    ready: Counter[str] = field(default_factory=Counter)
+    closed_expired: int = 0
+
+
+@dataclass(frozen=True)
+class StreamRecord:
+    """A stream as stored."""
+
+    id: int
+    trigger_name: str
+    state: str
+    state_serial: int
+    distinguishing_traits: dict[str, Any]
+    first_event: datetime
+    last_event: datetime
+    expire_timestamp: datetime
+    fire_timestamp: datetime | None
+    fire_counts: tuple[int, ...]
+    event_count: int
+    is_open: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class _PendingStream:
+    """A stream as the current ingest batch sees it (loaded, or new in this batch)."""
+
+    __slots__ = ("id", "trigger", "key", "distinguishing", "first", "last", "expire", "fire_at",
+                 "counts", "event_count", "is_open", "members", "created_at")
+
+    def __init__(self, trigger: TriggerPolicy, key: str, distinguishing: str, first: datetime,
+                 last: datetime, expire: datetime, fire_at: datetime | None, counts: list[int],
+                 event_count: int, stream_id: int | None = None, created_at: datetime | None = None):
+        self.id = stream_id
+        self.trigger = trigger
+        self.key = key
+        self.distinguishing = distinguishing
+        self.first = first
+        self.last = last
+        self.expire = expire
+        self.fire_at = fire_at
+        self.counts = counts
+        self.event_count = event_count
+        self.is_open = True
+        self.members: list[int] = []
+        self.created_at = created_at
+
+
+class Store:
+    """Events and streams in SQL (SQLite or PostgreSQL).
+
+    ``indexed_traits`` names the traits copied into the typed, indexed
+    ``event_traits`` table so queries can filter on them; every trait is kept
+    in the event's JSON document regardless.
+    """
+
+    def __init__(self, engine: Engine, indexed_traits: Iterable[str] = ()):
+        self.engine = engine
+        self.indexed_traits = frozenset(indexed_traits)
+        self._postgresql = is_postgresql(engine)
+        self._dialect = engine.dialect.name
+        self._event_type_ids: dict[str, int] = {}
+
+    @classmethod
+    def from_url(cls, url: str, indexed_traits: Iterable[str] = (), **engine_options) -> Store:
+        return cls(create_engine(url, **engine_options), indexed_traits)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- schema ------------------------------------------------------------------------
+
+    def check_schema(self, config_hint: str = "winchester.yaml") -> None:
+        _migrate.check_schema(self.engine, config_hint)
+
+    def upgrade(self, revision: str = "head") -> None:
+        _migrate.upgrade(self.engine, revision)
+
+    # -- transactions ------------------------------------------------------------------
+
+    @contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        with self.engine.connect() as connection:
+            connection = connection.execution_options(writes=True)
+            with connection.begin():
+                yield connection
+
+    def _retrying(self, operation, *args):
+        """Run a write transaction, retrying the failures a retry can cure.
+
+        Deadlocks and serialisation failures (two ingesters racing for the same
+        streams), a stream opened concurrently by another process, and lost
+        connections are retried with jittered backoff; the batch is idempotent
+        (duplicates are recognised by message_id), so a retry is safe.
+        """
+        for attempt in range(1, _RETRIES + 1):
+            try:
+                with self._writing() as connection:
+                    return operation(connection, *args)
+            except (IntegrityError, OperationalError, DBAPIError) as exc:
+                if attempt == _RETRIES or not _retryable(exc):
+                    raise StoreError(f"database write failed: {exc.orig or exc}") from exc
+                delay = min(2.0, 0.05 * 2 ** attempt) * random.uniform(0.5, 1.5)
+                logger.info("retrying a write after %s (attempt %d): %s", type(exc).__name__,
+                            attempt, exc.orig or exc)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    # -- events ------------------------------------------------------------------------
+
+    def _event_type_id_map(self, connection: Connection, names: set[str]) -> dict[str, int]:
+        missing = names - self._event_type_ids.keys()
+        if missing:
+            rows = [{"name": name} for name in sorted(missing)]
+            connection.execute(self._insert_ignore(event_types, ["name"]), rows)
+            for chunk in _chunks(sorted(missing)):
+                for type_id, name in connection.execute(
+                        sa.select(event_types.c.id, event_types.c.name)
+                        .where(event_types.c.name.in_(chunk))):
+                    self._event_type_ids[name] = type_id
+        return self._event_type_ids
+
+    def _insert_ignore(self, table: sa.Table, conflict_columns: list[str]):
+        if self._dialect == "postgresql":
+            return postgresql.insert(table).on_conflict_do_nothing(index_elements=conflict_columns)
+        if self._dialect == "sqlite":
+            return sqlite.insert(table).on_conflict_do_nothing(index_elements=conflict_columns)
+        return table.insert().prefix_with("IGNORE")
+
+    def _save_events(self, connection: Connection, batch: list[Event]) -> dict[str, int]:
+        """Insert events not stored yet; returns message_id -> id for those inserted."""
+        type_ids = self._event_type_id_map(connection, {e["event_type"] for e in batch})
+        rows = []
+        for event in batch:
+            traits = {k: encode_value(v) for k, v in event.items()
+                      if k not in ("message_id", "event_type", "timestamp")}
+            rows.append({"message_id": event["message_id"],
+                         "event_type_id": type_ids[event["event_type"]],
+                         "generated": event["timestamp"],
+                         "traits": orjson.dumps(traits).decode()})
+        statement = self._insert_ignore(events, ["message_id"]).returning(
+            events.c.id, events.c.message_id)
+        inserted = {message_id: event_id
+                    for event_id, message_id in connection.execute(statement, rows)}
+        if self.indexed_traits and inserted:
+            trait_rows = [row for event in batch if event["message_id"] in inserted
+                          for row in self._trait_rows(inserted[event["message_id"]], event)]
+            if trait_rows:
+                connection.execute(event_traits.insert(), trait_rows)
+        return inserted
+
+    def _trait_rows(self, event_id: int, event: Event) -> Iterator[dict[str, Any]]:
+        for name in self.indexed_traits:
+            value = event.get(name)
+            if value is None or name in ("message_id", "event_type", "timestamp"):
+                continue
+            row = {"event_id": event_id, "name": name, "t_string": None, "t_int": None,
+                   "t_float": None, "t_datetime": None}
+            if type(value) is str:
+                if len(value) > KEY_LENGTH:
+                    continue  # kept in the event's JSON; too long to index
+                row.update(type=TRAIT_TEXT, t_string=value)
+            elif type(value) is int:
+                row.update(type=TRAIT_INT, t_int=value)
+            elif type(value) is float:
+                row.update(type=TRAIT_FLOAT, t_float=value)
+            else:
+                row.update(type=TRAIT_DATETIME, t_datetime=value)
+            yield row
+
+    def save_events(self, batch: Sequence[Event]) -> IngestResult:
+        """Store events that belong to no trigger (duplicates change nothing)."""
+        return self.ingest([IngestItem(event, (), event["timestamp"]) for event in batch])
+
+    def ingest(self, items: Sequence[IngestItem]) -> IngestResult:
+        """Store a batch of events and add each to the streams of the triggers it matched.
+
+        One transaction, and a constant number of statements for the whole
+        batch: insert the events, load the open streams they belong to, close
+        the ones that expired, open new ones, update the rest, record membership.
+        """
+        if not items:
+            return IngestResult()
+        return self._retrying(self._ingest, items)
+
+    def _ingest(self, connection: Connection, items: Sequence[IngestItem]) -> IngestResult:
+        result = IngestResult()
+        # Within a batch the first copy of a message wins; sorting the inserts
+        # by message_id makes concurrent ingesters lock index entries in the
+        # same order (no deadlock).
+        unique: dict[str, IngestItem] = {}
+        for item in items:
+            message_id = item.event["message_id"]
+            if message_id in unique:
+                result.duplicates.append(message_id)
+            else:
+                unique[message_id] = item
+        ordered = sorted(unique.values(), key=lambda item: item.event["message_id"])
+        inserted = self._save_events(connection, [item.event for item in ordered])
+        result.saved = len(inserted)
+        result.duplicates.extend(m for m in unique if m not in inserted)
+
+        fresh = [item for item in unique.values() if item.event["message_id"] in inserted]
+        keys = {match.key for item in fresh for match in item.matches}
+        if not keys:
+            return result
+        open_streams = self._load_open_streams(connection, keys, fresh)
+        pending: list[_PendingStream] = list(open_streams.values())
+        closed_ids: list[int] = []
+        for item in fresh:
+            event_id = inserted[item.event["message_id"]]
+            timestamp = item.event["timestamp"]
+            for match in item.matches:
+                trigger = match.trigger
+                result.matched[trigger.name] += 1
+                stream = open_streams.get(match.key)
+                if stream is not None and stream.expire <= item.now:
+                    # Too late for this one: it waits for a worker to expire it,
+                    # and the event starts a new stream (as the original did).
+                    stream.is_open = False
+                    if stream.id is not None:
+                        closed_ids.append(stream.id)
+                    result.closed_expired += 1
+                    stream = None
+                if stream is None:
+                    stream = _PendingStream(
+                        trigger, match.key, orjson.dumps(distinguishing_to_json(match.distinguishing)).decode(),
+                        timestamp, timestamp, timestamp, None, [0] * len(match.fire_increments), 0)
+                    open_streams[match.key] = stream
+                    pending.append(stream)
+                    result.new_streams[trigger.name] += 1
+                self._add_to_stream(stream, match, event_id, timestamp, item.now, result)
+        self._write_streams(connection, pending, closed_ids, max(item.now for item in fresh))
+        return result
+
+    @staticmethod
+    def _add_to_stream(stream: _PendingStream, match: MatchLike, event_id: int,
+                       timestamp: datetime, now: datetime, result: IngestResult) -> None:
+        stream.members.append(event_id)
+        stream.event_count += 1
+        if timestamp < stream.first:
+            stream.first = timestamp
+        if timestamp > stream.last:
+            stream.last = timestamp
+        if len(stream.counts) < len(match.fire_increments):  # the trigger gained criteria
+            stream.counts.extend([0] * (len(match.fire_increments) - len(stream.counts)))
+        for index, increment in enumerate(match.fire_increments):
+            stream.counts[index] += increment
+        trigger = stream.trigger
+        try:
+            stream.expire = trigger.expire_time(stream.first, stream.last, now)
+        except TimexEvaluationError as exc:
+            logger.error("trigger %r: expiration cannot be computed (%s); the stream expires now",
+                         trigger.name, exc)
+            stream.expire = now
+        if stream.fire_at is None and trigger.is_ready(stream.counts):
+            stream.fire_at = now + timedelta(seconds=trigger.fire_delay)
+            result.ready[trigger.name] += 1
+
+    def _load_open_streams(self, connection: Connection, keys: set[str],
+                           items: Sequence[IngestItem]) -> dict[str, _PendingStream]:
+        triggers = {match.key: match.trigger for item in items for match in item.matches}
+        found: dict[str, _PendingStream] = {}
+        for chunk in _chunks(sorted(keys)):
+            query = (sa.select(streams.c.id, streams.c.open_key, streams.c.distinguishing_traits,
+                               streams.c.first_event, streams.c.last_event,
+                               streams.c.expire_timestamp, streams.c.fire_timestamp,
+                               streams.c.fire_counts, streams.c.event_count, streams.c.created_at)
+                     .where(streams.c.open_key.in_(chunk), streams.c.state == "active")
+                     .order_by(streams.c.id))
+            if self._postgresql:
+                # Concurrent ingesters serialise on the streams they share.
+                query = query.with_for_update()
+            for row in connection.execute(query):
+                found[row.open_key] = _PendingStream(
+                    triggers[row.open_key], row.open_key, row.distinguishing_traits,
+                    row.first_event, row.last_event, row.expire_timestamp, row.fire_timestamp,
+                    list(orjson.loads(row.fire_counts)), row.event_count, row.id, row.created_at)
+        return found
+
+    def _write_streams(self, connection: Connection, pending: list[_PendingStream],
+                       closed_ids: list[int], now: datetime) -> None:
+        for chunk in _chunks(closed_ids):
+            connection.execute(streams.update().where(streams.c.id.in_(chunk))
+                               .values(open_key=None, updated_at=now))
+        new = [stream for stream in pending if stream.id is None]
+        changed = [stream for stream in pending if stream.id is not None and stream.members]
+        if new:
+            rows = [{"trigger_name": s.trigger.name, "state": "active", "state_serial": 0,
+                     "dist_key": s.key, "open_key": s.key if s.is_open else None,
+                     "distinguishing_traits": s.distinguishing, "first_event": s.first,
+                     "last_event": s.last, "expire_timestamp": s.expire, "fire_timestamp": s.fire_at,
+                     "fire_counts": orjson.dumps(s.counts).decode(), "event_count": s.event_count,
+                     "created_at": now, "updated_at": now} for s in new]
+            ids = self._allocate_stream_ids(connection, len(new))
+            if ids is None:
+                statement = streams.insert().returning(streams.c.id, sort_by_parameter_order=True)
+                ids = [stream_id for (stream_id,) in connection.execute(statement, rows)]
+            else:
+                for row, stream_id in zip(rows, ids, strict=True):
+                    row["id"] = stream_id
+                connection.execute(streams.insert(), rows)
+            for stream, stream_id in zip(new, ids, strict=True):
+                stream.id = stream_id
+        if changed:
+            connection.execute(
+                streams.update().where(streams.c.id == sa.bindparam("stream_id")).values(
+                    first_event=sa.bindparam("first"), last_event=sa.bindparam("last"),
+                    expire_timestamp=sa.bindparam("expire"), fire_timestamp=sa.bindparam("fire_at"),
+                    fire_counts=sa.bindparam("counts"), event_count=sa.bindparam("count"),
+                    updated_at=sa.bindparam("now")),
+                [{"stream_id": s.id, "first": s.first, "last": s.last, "expire": s.expire,
+                  "fire_at": s.fire_at, "counts": orjson.dumps(s.counts).decode(),
+                  "count": s.event_count, "now": now} for s in changed])
+        members = [{"stream_id": s.id, "event_id": event_id}
+                   for s in pending for event_id in s.members]
+        if members:
+            connection.execute(stream_events.insert(), members)
+
+    def save_dead_letters(self, letters: Sequence[Mapping[str, Any]], now: datetime) -> None:
+        """Keep messages that could not be processed: each has source, reason, detail, body."""
+        if not letters:
+            return
+        rows = [{"received_at": now, "source": letter["source"][:KEY_LENGTH],
+                 "reason": letter["reason"][:KEY_LENGTH], "detail": letter.get("detail"),
+                 "body": _as_bytes(letter["body"])} for letter in letters]
+
+        def write(connection: Connection) -> None:
+            connection.execute(dead_letters.insert(), rows)
+
+        self._retrying(write)
+
+    def count_dead_letters(self) -> int:
+        with self.engine.connect() as connection:
+            return connection.execute(sa.select(sa.func.count()).select_from(dead_letters)).scalar_one()
+
+    def _allocate_stream_ids(self, connection: Connection, count: int) -> list[int] | None:
+        """Ids for new streams, so one multi-row insert needs no RETURNING to map them back.
+
+        PostgreSQL hands out sequence values; SQLite's writer holds the
+        database lock (BEGIN IMMEDIATE), so the next ids are simply after the
+        largest. Elsewhere ``None``: the insert returns them instead.
+        """
+        if self._postgresql:
+            return list(connection.execute(
+                sa.text("SELECT nextval(pg_get_serial_sequence('streams', 'id')) "
+                        "FROM generate_series(1, :count)"), {"count": count}).scalars())
+        if self._dialect == "sqlite":
+            largest = connection.execute(sa.select(sa.func.max(streams.c.id))).scalar() or 0
+            return list(range(largest + 1, largest + 1 + count))
+        return None
+
+    # -- reading -----------------------------------------------------------------------
+
+    def get_event(self, message_id: str) -> Event | None:
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                sa.select(events.c.message_id, event_types.c.name, events.c.generated, events.c.traits)
+                .join(event_types, events.c.event_type_id == event_types.c.id)
+                .where(events.c.message_id == message_id)).first()
+        return None if row is None else _event_from_row(row)
+
+    def count_events(self) -> int:
+        with self.engine.connect() as connection:
+            return connection.execute(sa.select(sa.func.count()).select_from(events)).scalar_one()
+
+    def stream_events(self, stream_id: int) -> list[Event]:
+        """A stream's events in timestamp order (ties in arrival order)."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(events.c.message_id, event_types.c.name, events.c.generated, events.c.traits)
+                .join(stream_events, stream_events.c.event_id == events.c.id)
+                .join(event_types, events.c.event_type_id == event_types.c.id)
+                .where(stream_events.c.stream_id == stream_id)
+                .order_by(events.c.generated, events.c.id))
+            return [_event_from_row(row) for row in rows]
+
+    def get_stream(self, stream_id: int) -> StreamRecord | None:
+        with self.engine.connect() as connection:
+            row = connection.execute(sa.select(streams).where(streams.c.id == stream_id)).first()
+        return None if row is None else _stream_from_row(row)
+
+    def list_streams(self, trigger_name: str | None = None, state: str | None = None,
+                     limit: int | None = None) -> list[StreamRecord]:
+        query = sa.select(streams).order_by(streams.c.id)
+        if trigger_name is not None:
+            query = query.where(streams.c.trigger_name == trigger_name)
+        if state is not None:
+            query = query.where(streams.c.state == state)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as connection:
+            return [_stream_from_row(row) for row in connection.execute(query)]
+
+    def count_streams(self, state: str | None = None) -> int:
+        query = sa.select(sa.func.count()).select_from(streams)
+        if state is not None:
+            query = query.where(streams.c.state == state)
+        with self.engine.connect() as connection:
+            return connection.execute(query).scalar_one()
+
+    def find_events_by_trait(self, name: str, value: Any) -> list[str]:
+        """Message ids of events whose indexed trait ``name`` equals ``value``."""
+        column = {str: event_traits.c.t_string, int: event_traits.c.t_int,
+                  float: event_traits.c.t_float, datetime: event_traits.c.t_datetime}[type(value)]
+        with self.engine.connect() as connection:
+            return list(connection.execute(
+                sa.select(events.c.message_id)
+                .join(event_traits, event_traits.c.event_id == events.c.id)
+                .where(event_traits.c.name == name, column == value)
+                .order_by(events.c.id)).scalars())
+
+
+def _event_from_row(row) -> Event:
+    event: Event = {"message_id": row[0], "event_type": row[1], "timestamp": row[2]}
+    for name, value in orjson.loads(row[3]).items():
+        event[name] = decode_value(name, value)
+    return event
+
+
+def _stream_from_row(row) -> StreamRecord:
+    return StreamRecord(
+        id=row.id, trigger_name=row.trigger_name, state=row.state, state_serial=row.state_serial,
+        distinguishing_traits=distinguishing_from_json(orjson.loads(row.distinguishing_traits)),
+        first_event=row.first_event, last_event=row.last_event,
+        expire_timestamp=row.expire_timestamp, fire_timestamp=row.fire_timestamp,
+        fire_counts=tuple(orjson.loads(row.fire_counts)), event_count=row.event_count,
+        is_open=row.open_key is not None, created_at=row.created_at, updated_at=row.updated_at)
+
+
+def _as_bytes(body: Any) -> bytes:
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, str):
+        return body.encode("utf-8", "surrogatepass")
+    return orjson.dumps(body, default=repr)
+
+
+def _chunks(values: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(values), _CHUNK):
+        yield values[start:start + _CHUNK]
+
+
+def _retryable(exc: DBAPIError) -> bool:
+    if exc.connection_invalidated:
+        return True
+    if isinstance(exc, IntegrityError):
+        # Only a stream opened concurrently by another ingester; other
+        # integrity errors are bugs and must surface.
+        return "open_key" in str(exc.orig)
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    if code in ("40001", "40P01"):  # serialization failure, deadlock
+        return True
+    return isinstance(exc, OperationalError) and "database is locked" in str(exc.orig)

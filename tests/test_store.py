@@ -1,0 +1,218 @@
+"""The store on SQLite and PostgreSQL: migrations, events, batching."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from winchester.store import (
+    SchemaError,
+    Store,
+    create_engine,
+    current_revision,
+    downgrade,
+    head_revision,
+    metadata,
+    migration_sql,
+    upgrade,
+)
+from winchester.store._store import IngestItem
+
+
+@pytest.fixture
+def store(migrated_url):
+    store = Store.from_url(migrated_url, indexed_traits={"instance_id", "memory_mb", "launched_at"})
+    yield store
+    store.close()
+
+
+def event(message_id: str, **traits):
+    return {"message_id": message_id, "event_type": traits.pop("event_type", "compute.instance.update"),
+            "timestamp": traits.pop("timestamp", datetime(2014, 8, 1, 1, 0)), **traits}
+
+
+def test_migrations_create_the_schema_the_models_describe(migrated_url):
+    """After `upgrade head` the database matches the SQLAlchemy models exactly."""
+    engine = create_engine(migrated_url)
+    try:
+        with engine.connect() as connection:
+            differences = compare_metadata(MigrationContext.configure(connection), metadata)
+        assert differences == []
+        assert current_revision(engine) == head_revision()
+    finally:
+        engine.dispose()
+
+
+def test_migrations_go_down_and_up_again(migrated_url):
+    """Downgrading to base removes every table; upgrading again recreates them."""
+    engine = create_engine(migrated_url)
+    try:
+        downgrade(engine, "base")
+        assert current_revision(engine) is None
+        assert set(sa.inspect(engine).get_table_names()) <= {"alembic_version"}
+        upgrade(engine)
+        assert {"events", "streams", "stream_events", "archive", "dead_letters", "clocks"} <= set(
+            sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("url, fragment", [
+    ("sqlite:///x.db", "CREATE TABLE streams"),
+    ("postgresql+psycopg://u@h/db", "CREATE TABLE streams"),
+])
+def test_upgrade_sql_is_printed_without_a_database(url, fragment):
+    """`--sql` renders the migration as SQL for the database kind without connecting."""
+    sql = migration_sql(url, "head")
+    assert fragment in sql and "CREATE UNIQUE INDEX" not in sql or "uq_streams_open_key" in sql
+
+
+def test_unmigrated_database_is_refused_with_the_command_to_run(database_url):
+    """A store without the schema refuses to start and says which command creates it."""
+    store = Store.from_url(database_url)
+    try:
+        with pytest.raises(SchemaError, match=r"winchester db upgrade -c etc/w.yaml"):
+            store.check_schema("etc/w.yaml")
+    finally:
+        store.close()
+
+
+def test_unknown_schema_revision_is_refused(migrated_url):
+    """A schema written by a newer version (unknown revision) is refused, naming the revision."""
+    engine = create_engine(migrated_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(sa.text("UPDATE alembic_version SET version_num = 'ffff99'"))
+        with pytest.raises(SchemaError, match="ffff99"):
+            Store(engine).check_schema()
+    finally:
+        engine.dispose()
+
+
+def test_events_round_trip_with_types(store):
+    """A stored event comes back with every trait's type intact."""
+    original = event("m-1", instance_id="i-1", memory_mb=512, ratio=0.5,
+                     launched_at=datetime(2014, 7, 31, 23, 0, 0, 123456), state="active")
+    store.save_events([original])
+    assert store.get_event("m-1") == original
+    assert store.get_event("nope") is None
+
+
+def test_duplicate_message_ids_change_nothing(store):
+    """A message_id already stored (or repeated in the batch) is reported as a duplicate."""
+    first = store.save_events([event("m-1", state="a"), event("m-1", state="b")])
+    assert first.saved == 1 and first.duplicates == ["m-1"]
+    again = store.save_events([event("m-1", state="c"), event("m-2")])
+    assert again.saved == 1 and again.duplicates == ["m-1"]
+    assert store.get_event("m-1")["state"] == "a"
+    assert store.count_events() == 2
+
+
+def test_indexed_traits_are_queryable_by_typed_value(store):
+    """Indexed traits can be looked up by name and typed value."""
+    store.save_events([
+        event("m-1", instance_id="i-1", memory_mb=512, launched_at=datetime(2014, 8, 1)),
+        event("m-2", instance_id="i-2", memory_mb=1024),
+        event("m-3", instance_id="i-1", memory_mb="512"),
+    ])
+    assert store.find_events_by_trait("instance_id", "i-1") == ["m-1", "m-3"]
+    assert store.find_events_by_trait("memory_mb", 512) == ["m-1"]
+    assert store.find_events_by_trait("launched_at", datetime(2014, 8, 1)) == ["m-1"]
+
+
+def test_long_text_traits_are_kept_but_not_indexed(store):
+    """A text trait longer than the index width is stored with the event, not in the index."""
+    long_value = "x" * 1000
+    store.save_events([event("m-1", instance_id=long_value)])
+    assert store.get_event("m-1")["instance_id"] == long_value
+    assert store.find_events_by_trait("instance_id", long_value) == []
+
+
+def test_dead_letters_are_kept(store):
+    """Rejected input is stored with its reason, whatever its form."""
+    store.save_dead_letters([
+        {"source": "test:1", "reason": "not_json", "detail": "bad", "body": b"\xff\xfe"},
+        {"source": "test:2", "reason": "no_event_type", "body": {"a": 1}},
+    ], datetime(2014, 8, 1))
+    assert store.count_dead_letters() == 2
+
+
+class _Trigger:
+    """A minimal trigger policy: expires a day after the last event, ready after 2 events."""
+
+    name = "t"
+    fire_delay = 0
+
+    def expire_time(self, first, last, now=None):
+        return last + timedelta(days=1)
+
+    def is_ready(self, counts):
+        return counts[0] >= 2
+
+
+class _Match:
+    def __init__(self, key):
+        self.trigger = _Trigger()
+        self.key = key
+        self.distinguishing = {"instance_id": key}
+        self.fire_increments = (1,)
+
+
+def _count_statements(engine):
+    counter = {"n": 0}
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def count(*_args):
+        counter["n"] += 1
+
+    return counter
+
+
+def test_a_batch_costs_a_constant_number_of_statements(store):
+    """Ingesting 20 or 600 events into 5 or 300 streams takes the same number of statements."""
+    now = datetime(2014, 8, 1, 2)
+
+    def batch(prefix, size, streams):
+        return [IngestItem(event(f"{prefix}-{i}", instance_id=f"i-{i % streams}"),
+                           [_Match(f"{prefix}-key-{i % streams}")], now) for i in range(size)]
+
+    store.ingest(batch("warm", 2, 1))  # event type cache
+    counter = _count_statements(store.engine)
+    store.ingest(batch("small", 20, 5))
+    small = counter["n"]
+    counter["n"] = 0
+    store.ingest(batch("large", 600, 300))
+    assert counter["n"] == small
+    assert small <= 10
+
+
+def test_ingest_groups_events_into_streams_and_tracks_progress(store):
+    """Events with the same key share one open stream; counts, first/last and readiness follow."""
+    now = datetime(2014, 8, 1, 2)
+    result = store.ingest([
+        IngestItem(event("m-1", timestamp=datetime(2014, 8, 1, 1)), [_Match("k1")], now),
+        IngestItem(event("m-2", timestamp=datetime(2014, 8, 1, 0, 30)), [_Match("k1")], now),
+        IngestItem(event("m-3", timestamp=datetime(2014, 8, 1, 1, 30)), [_Match("k2")], now),
+    ])
+    assert result.new_streams["t"] == 2 and result.ready["t"] == 1 and result.matched["t"] == 3
+    [k1, k2] = store.list_streams()
+    assert k1.event_count == 2 and k1.fire_counts == (2,) and k1.fire_timestamp == now
+    assert k1.first_event == datetime(2014, 8, 1, 0, 30) and k1.last_event == datetime(2014, 8, 1, 1)
+    assert k1.expire_timestamp == datetime(2014, 8, 2, 1)
+    assert k2.fire_timestamp is None and k1.is_open and k2.is_open
+    assert [e["message_id"] for e in store.stream_events(k1.id)] == ["m-2", "m-1"]
+
+
+def test_an_expired_open_stream_is_closed_and_a_new_one_started(store):
+    """An event arriving after its stream's expiry time starts a new stream; the old one closes."""
+    store.ingest([IngestItem(event("m-1"), [_Match("k")], datetime(2014, 8, 1, 2))])
+    late = datetime(2014, 8, 3)
+    result = store.ingest([IngestItem(event("m-2", timestamp=late), [_Match("k")], late)])
+    assert result.closed_expired == 1 and result.new_streams["t"] == 1
+    old, new = store.list_streams()
+    assert not old.is_open and old.state == "active" and old.event_count == 1
+    assert new.is_open and new.event_count == 1
