@@ -120,3 +120,10 @@ def migrated_url(database_url) -> str:
     finally:
         engine.dispose()
     return database_url
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A private PostgreSQL schema (for tests that only make sense on PostgreSQL)."""
+    with postgres_schema_url() as url:
+        yield url

@@ -95,7 +95,7 @@ def ingest_file(config_file: str, source: str, clock_kind: str, batch_size: int,
                             rate=ingester.stats.received / max(elapsed, 1e-9))
     finally:
         store.close()
-    _summary(Console(highlight=False), ingester, time.perf_counter() - started)
+    _summary(Console(highlight=False, soft_wrap=True), ingester, time.perf_counter() - started)
 
 
 def _unwrapped(line: bytes, key: str):
