@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from winchester._yaml import position_of
-from winchester.config._components import load_event_definitions
+from winchester.config._components import load_event_definitions, load_trigger_definitions
 from winchester.config._settings import Settings, load_settings
-from winchester.errors import ConfigError, Problem, TimexSyntaxError
+from winchester.errors import ConfigError, Problem
 
-TRAIT_CRITERION_TYPES = ("string", "text", "int", "float", "numeric", "datetime")
 # Handler names every pipeline may use without a pipeline_handlers entry.
 # Keep in step with the built-in handler registry of winchester.pipelines.
 BUILTIN_HANDLERS = ("logger", "usage", "publish", "notabene", "webhook")
@@ -74,29 +73,6 @@ class _Collector:
         self.error(where, message, container, key, severity="warning")
 
 
-def _check_time_expression(collect: _Collector, where: str, text: Any, container: Any,
-                           key: Any) -> None:
-    from winchester import timex
-
-    if not isinstance(text, str) or not text.strip():
-        collect.error(where, f"must be a time expression string, not {text!r}", container, key)
-        return
-    try:
-        timex.parse(text)
-    except TimexSyntaxError as exc:
-        collect.error(where, f"invalid time expression: {exc.reason} at position "
-                             f"{exc.position} in {text!r}", container, key)
-
-
-def _check_event_types(collect: _Collector, where: str, value: Any, container: Any,
-                       key: Any) -> None:
-    patterns = [value] if isinstance(value, str) else value
-    if not isinstance(patterns, list) or not patterns or not all(
-            isinstance(p, str) and p.strip() for p in patterns):
-        collect.error(where, f"must be an event type glob or a list of them, not {value!r}",
-                      container, key)
-
-
 def check_pipelines(data: Any, collect: _Collector, settings: Settings) -> str:
     if not isinstance(data, Mapping):
         collect.error("", "must be a mapping of pipeline name to a list of handlers", data)
@@ -127,96 +103,6 @@ def check_pipelines(data: Any, collect: _Collector, settings: Settings) -> str:
     return f"{len(data)} pipelines"
 
 
-def check_triggers(data: Any, collect: _Collector, settings: Settings,
-                   pipelines: Mapping[str, Any] | None = None) -> str:
-    if not isinstance(data, list):
-        collect.error("", "must be a list of trigger definitions", data)
-        return ""
-    seen: dict[str, int] = {}
-    for index, trigger in enumerate(data):
-        if not isinstance(trigger, Mapping):
-            collect.error(f"trigger #{index}", "must be a mapping", data, index)
-            continue
-        name = trigger.get("name")
-        label = f"trigger {name!r}" if isinstance(name, str) else f"trigger #{index}"
-        if not isinstance(name, str) or not name:
-            collect.error(f"{label} > name", "is required and must be a string", data, index)
-        elif name in seen:
-            collect.error(f"{label} > name", f"duplicate trigger name (trigger #{seen[name]} "
-                          "has it too)", trigger, "name")
-        else:
-            seen[name] = index
-        if "expiration" not in trigger:
-            collect.error(f"{label} > expiration", "is required", data, index)
-        else:
-            _check_time_expression(collect, f"{label} > expiration", trigger["expiration"],
-                                   trigger, "expiration")
-        if not trigger.get("fire_pipeline") and not trigger.get("expire_pipeline"):
-            collect.error(label, "needs a fire_pipeline or an expire_pipeline (or both)",
-                          data, index)
-        for key in ("fire_pipeline", "expire_pipeline"):
-            pipeline = trigger.get(key)
-            if pipeline and pipelines is not None and pipeline not in pipelines:
-                collect.error(f"{label} > {key}", f"unknown pipeline {pipeline!r}", trigger, key)
-        distinguished_by = trigger.get("distinguished_by", [])
-        if not isinstance(distinguished_by, list):
-            collect.error(f"{label} > distinguished_by", "must be a list", trigger,
-                          "distinguished_by")
-            distinguished_by = []
-        for position, item in enumerate(distinguished_by):
-            where = f"{label} > distinguished_by #{position}"
-            if isinstance(item, Mapping) and len(item) == 1:
-                (trait, expression), = item.items()
-                _check_time_expression(collect, f"{where} ({trait})", expression,
-                                       distinguished_by, position)
-            elif not isinstance(item, str):
-                collect.error(where, "must be a trait name or {trait: time-expression}",
-                              distinguished_by, position)
-        for key in ("match_criteria", "fire_criteria"):
-            criteria = trigger.get(key)
-            if key == "match_criteria" and not criteria:
-                collect.error(f"{label} > {key}", "is required (a list of criteria)", data, index)
-                continue
-            if criteria is None:
-                continue
-            if not isinstance(criteria, list):
-                collect.error(f"{label} > {key}", "must be a list of criteria", trigger, key)
-                continue
-            for position, criterion in enumerate(criteria):
-                _check_criterion(collect, f"{label} > {key} #{position}", criteria, position,
-                                 criterion)
-        if "load_criteria" in trigger:
-            collect.warning(f"{label} > load_criteria", "is accepted and ignored", trigger,
-                            "load_criteria")
-    return f"{len(data)} triggers"
-
-
-def _check_criterion(collect: _Collector, where: str, criteria: list, position: int,
-                     criterion: Any) -> None:
-    if not isinstance(criterion, Mapping):
-        collect.error(where, "must be a mapping", criteria, position)
-        return
-    if "event_type" in criterion:
-        _check_event_types(collect, f"{where} > event_type", criterion["event_type"], criterion,
-                           "event_type")
-    if "timestamp" in criterion:
-        _check_time_expression(collect, f"{where} > timestamp", criterion["timestamp"],
-                               criterion, "timestamp")
-    traits = criterion.get("traits", {})
-    if not isinstance(traits, Mapping):
-        collect.error(f"{where} > traits", "must be a mapping", criterion, "traits")
-        return
-    for trait, test in traits.items():
-        if isinstance(test, Mapping):
-            if len(test) != 1 or next(iter(test)) not in TRAIT_CRITERION_TYPES:
-                collect.error(f"{where} > traits > {trait}",
-                              f"must be a value or a one-key mapping of "
-                              f"{', '.join(TRAIT_CRITERION_TYPES)}", traits, trait)
-            elif "datetime" in test:
-                _check_time_expression(collect, f"{where} > traits > {trait}",
-                                       test["datetime"], test, "datetime")
-
-
 def check_configuration(config_file: str | Path) -> CheckReport:
     """Load ``winchester.yaml`` and every file it names; collect every problem."""
     report = CheckReport(config_file=str(config_file))
@@ -239,24 +125,29 @@ def check_configuration(config_file: str | Path) -> CheckReport:
         definitions_report.summary = f"{len(definitions)} event definitions"
         definitions_report.problems.extend(definitions.warnings)
 
-    pipelines: Mapping[str, Any] | None = None
-    for key in ("pipeline_config", "trigger_definitions"):
-        file_report = FileReport(key=key, path=None)
-        report.files.append(file_report)
-        try:
-            path, data, warnings = settings.read_yaml(key)
-        except ConfigError as exc:
-            file_report.problems.extend(exc.problems)
-            continue
-        file_report.path = path
-        file_report.problems.extend(warnings)
+    pipelines_report = FileReport(key="pipeline_config", path=None)
+    report.files.append(pipelines_report)
+    try:
+        path, data, warnings = settings.read_yaml("pipeline_config")
+    except ConfigError as exc:
+        pipelines_report.problems.extend(exc.problems)
+    else:
+        pipelines_report.path = path
+        pipelines_report.problems.extend(warnings)
         collect = _Collector(str(path))
-        if key == "pipeline_config":
-            file_report.summary = check_pipelines(data, collect, settings)
-            pipelines = data if isinstance(data, Mapping) else None
-        else:
-            file_report.summary = check_triggers(data, collect, settings, pipelines)
-        file_report.problems.extend(collect.problems)
+        pipelines_report.summary = check_pipelines(data, collect, settings)
+        pipelines_report.problems.extend(collect.problems)
+
+    triggers_report = FileReport(key="trigger_definitions", path=None)
+    report.files.append(triggers_report)
+    try:
+        triggers = load_trigger_definitions(settings)
+    except ConfigError as exc:
+        triggers_report.problems.extend(exc.problems)
+    else:
+        triggers_report.path = Path(triggers.file_name)
+        triggers_report.summary = f"{len(triggers)} triggers"
+        triggers_report.problems.extend(triggers.warnings)
     if settings.logging_config:
         file_report = FileReport(key="logging_config", path=None, summary="logging configuration")
         report.files.append(file_report)

@@ -325,8 +325,12 @@ class Store:
             stream.first = timestamp
         if timestamp > stream.last:
             stream.last = timestamp
-        if len(stream.counts) < len(match.fire_increments):  # the trigger gained criteria
-            stream.counts.extend([0] * (len(match.fire_increments) - len(stream.counts)))
+        if len(stream.counts) != len(match.fire_increments):
+            # The trigger's fire criteria changed since the stream was opened:
+            # its old progress means nothing for the new criteria.
+            logger.warning("trigger %r changed its fire criteria; stream %s counts progress afresh",
+                           stream.trigger.name, stream.id)
+            stream.counts = [0] * len(match.fire_increments)
         for index, increment in enumerate(match.fire_increments):
             stream.counts[index] += increment
         trigger = stream.trigger

@@ -57,7 +57,8 @@ class TriggerMatch:
         return self._fire_increments
 
     def __repr__(self) -> str:
-        return f"TriggerMatch(trigger={self.trigger.name!r}, distinguishing={self.distinguishing!r})"
+        return (f"TriggerMatch(trigger={self.trigger.name!r}, "
+                f"distinguishing={self.distinguishing!r})")
 
 
 class TriggerDefinition:
