@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import click
 import orjson
@@ -69,19 +70,31 @@ def ingest_file(config_file: str, source: str, clock_kind: str, batch_size: int,
         SpinnerColumn(), TextColumn("{task.fields[count]:>12,} notifications"),
         TextColumn("{task.fields[rate]:>9,.0f}/s"), BarColumn(), TextColumn("{task.fields[now]}"),
         TimeElapsedColumn(), console=console, disable=quiet)
+    # Distilling and matching (Python, holding the GIL) of one batch overlaps
+    # with the database writing the previous one (which mostly releases it).
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer")
+    pending: Future | None = None
     try:
         with progress, open_lines(source) as stream:
             task = progress.add_task("ingest", total=total_bytes, count=0, rate=0.0, now="")
-            batch: list[bytes] = []
+            batch: list = []
             lines: dict[int, int] = {}
             consumed = 0
+
+            def hand_over(batch: list, lines: dict) -> Future:
+                prepared = ingester.prepare(batch)
+                if pending is not None:
+                    pending.result()  # one batch in flight: memory stays flat, order kept
+                return writer.submit(_commit, ingester, store, prepared, lines, source, clock,
+                                     console)
+
             for number, line in numbered_lines(stream):
                 consumed += len(line) + 1
                 body = _unwrapped(line, unwrap) if unwrap else line
                 batch.append(body)
                 lines[id(body)] = number
                 if len(batch) >= batch_size:
-                    _flush(ingester, store, batch, lines, source, clock, console)
+                    pending = hand_over(batch, lines)
                     batch, lines = [], {}
                     elapsed = time.perf_counter() - started
                     progress.update(task, completed=consumed if total_bytes else None,
@@ -89,11 +102,14 @@ def ingest_file(config_file: str, source: str, clock_kind: str, batch_size: int,
                                     rate=ingester.stats.received / max(elapsed, 1e-9),
                                     now=f"now {clock.now():%Y-%m-%d %H:%M:%S}")
             if batch:
-                _flush(ingester, store, batch, lines, source, clock, console)
+                pending = hand_over(batch, lines)
+            if pending is not None:
+                pending.result()
             elapsed = time.perf_counter() - started
             progress.update(task, completed=total_bytes or consumed, count=ingester.stats.received,
                             rate=ingester.stats.received / max(elapsed, 1e-9))
     finally:
+        writer.shutdown(wait=True)
         store.close()
     _summary(Console(highlight=False, soft_wrap=True), ingester, time.perf_counter() - started)
 
@@ -112,10 +128,9 @@ def _unwrapped(line: bytes, key: str):
 _SHOWN_REJECTIONS = 20
 
 
-def _flush(ingester: Ingester, store, batch: list, lines: dict, source: str, clock, console) -> None:
-    if ingester.distiller is not None:
-        ingester.distiller.stats.rejected.clear()  # counted by the ingester instead
-    outcome = ingester.add_notifications(batch)
+def _commit(ingester: Ingester, store, prepared, lines: dict, source: str, clock,
+            console) -> None:
+    outcome = ingester.commit(prepared)
     if outcome.rejected:
         store.save_dead_letters(
             [{"source": f"ingest-file:{source}:{lines.get(id(r.body), '?')}", "reason": r.reason,

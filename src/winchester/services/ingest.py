@@ -40,6 +40,14 @@ class BatchOutcome:
 
 
 @dataclass
+class PreparedBatch:
+    """A batch distilled and matched, ready to be written."""
+
+    items: list[IngestItem]
+    outcome: BatchOutcome
+
+
+@dataclass
 class IngestStats:
     """Running totals since start (the per-trigger "debugger" of the original)."""
 
@@ -107,6 +115,14 @@ class Ingester:
         Rejected notifications are returned with their reason, for the caller
         to dead-letter; unconverted ones (no definition) are counted.
         """
+        return self.commit(self.prepare(bodies))
+
+    def prepare(self, bodies: Sequence[Any]) -> PreparedBatch:
+        """The CPU half of :meth:`add_notifications`: distil and match, touching no database.
+
+        Batches must be prepared and committed in the same order (the event
+        clock advances as batches are prepared).
+        """
         if self.distiller is None:
             raise RuntimeError("this Ingester has no distiller; use add_events")
         outcome = BatchOutcome(received=len(bodies))
@@ -126,22 +142,30 @@ class Ingester:
                 outcome.unconverted += 1
             else:
                 events.append(event)
-        self._store(events, outcome)
+        return PreparedBatch(self._match(events), outcome)
+
+    def commit(self, batch: PreparedBatch) -> BatchOutcome:
+        """The database half: store a prepared batch in one transaction."""
+        outcome = batch.outcome
+        if batch.items:
+            outcome.stored = self.store.ingest(batch.items)
+            if outcome.stored.duplicates:
+                logger.info("%d duplicate event(s) ignored (message_id already stored), e.g. %s",
+                            len(outcome.stored.duplicates), outcome.stored.duplicates[0])
+        self.stats.add(outcome)
         return outcome
 
     def _store(self, events: list[Event], outcome: BatchOutcome) -> None:
+        self.commit(PreparedBatch(self._match(events), outcome))
+
+    def _match(self, events: list[Event]) -> list[IngestItem]:
         items = []
         clock = self.clock
         matches_of = self.triggers.matches
         for event in events:
             clock.observe(event["timestamp"])
             items.append(IngestItem(event, matches_of(event), clock.now()))
-        if items:
-            outcome.stored = self.store.ingest(items)
-            if outcome.stored.duplicates:
-                logger.info("%d duplicate event(s) ignored (message_id already stored), e.g. %s",
-                            len(outcome.stored.duplicates), outcome.stored.duplicates[0])
-        self.stats.add(outcome)
+        return items
 
 
 # The name existing integrations know.

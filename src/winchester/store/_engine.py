@@ -47,6 +47,8 @@ def _sqlite_engine(url: URL, **options) -> Engine:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
+        # 64 MB of page cache keeps the hot index pages of a busy store in memory.
+        cursor.execute("PRAGMA cache_size=-65536")
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")

@@ -67,10 +67,13 @@ event_traits = sa.Table(
     sa.Column("t_int", sa.BigInteger),
     sa.Column("t_float", sa.Float),
     sa.Column("t_datetime", Timestamp),
-    sa.Index(None, "name", "t_string"),
-    sa.Index(None, "name", "t_int"),
-    sa.Index(None, "name", "t_float"),
-    sa.Index(None, "name", "t_datetime"),
+    # Each row fills one value column: partial indexes keep the other three
+    # indexes free of its NULL (a quarter of the index maintenance).
+    *(sa.Index(None, "name", column, sqlite_where=sa.text(f"{column} IS NOT NULL"),
+               postgresql_where=sa.text(f"{column} IS NOT NULL"))
+      for column in ("t_string", "t_int", "t_float", "t_datetime")),
+    # On SQLite the primary key is then the table itself: one b-tree less per row.
+    sqlite_with_rowid=False,
 )
 
 STREAM_STATES = ("active", "firing", "expiring", "error", "expire_error", "completed",

@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from winchester.errors import TimexEvaluationError, WinchesterError
 from winchester.events import Event, decode_value, encode_value
 from winchester.store import _migrate
+from winchester.store._bulk import TraitRow, writer_for
 from winchester.store._engine import create_engine, is_postgresql
 from winchester.store._schema import (
     KEY_LENGTH,
@@ -40,7 +41,7 @@ from winchester.triggers import distinguishing_from_json, distinguishing_to_json
 logger = logging.getLogger(__name__)
 
 # Bound parameters per statement stay well under SQLite's and PostgreSQL's limits.
-_CHUNK = 500
+_CHUNK = 5000
 _RETRIES = 5
 
 
@@ -143,6 +144,9 @@ class Store:
         self._postgresql = is_postgresql(engine)
         self._dialect = engine.dialect.name
         self._event_type_ids: dict[str, int] = {}
+        self._bulk = writer_for(self._dialect)
+        self._indexed_names = tuple(sorted(
+            self.indexed_traits - {"message_id", "event_type", "timestamp"}))
 
     @classmethod
     def from_url(cls, url: str, indexed_traits: Iterable[str] = (), **engine_options) -> Store:
@@ -176,16 +180,19 @@ class Store:
         connections are retried with jittered backoff; the batch is idempotent
         (duplicates are recognised by message_id), so a retry is safe.
         """
+        driver_error = self.engine.dialect.loaded_dbapi.Error
         for attempt in range(1, _RETRIES + 1):
             try:
                 with self._writing() as connection:
                     return operation(connection, *args)
-            except (IntegrityError, OperationalError, DBAPIError) as exc:
-                if attempt == _RETRIES or not _retryable(exc):
-                    raise StoreError(f"database write failed: {exc.orig or exc}") from exc
+            except (DBAPIError, driver_error) as exc:
+                # Bulk COPY talks to the driver directly, so its errors arrive unwrapped.
+                cause = getattr(exc, "orig", None) or exc
+                if attempt == _RETRIES or not _retryable(exc, cause):
+                    raise StoreError(f"database write failed: {cause}") from exc
                 delay = min(2.0, 0.05 * 2 ** attempt) * random.uniform(0.5, 1.5)
-                logger.info("retrying a write after %s (attempt %d): %s", type(exc).__name__,
-                            attempt, exc.orig or exc)
+                logger.info("retrying a write after %s (attempt %d): %s", type(cause).__name__,
+                            attempt, cause)
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
@@ -206,50 +213,36 @@ class Store:
     def _insert_ignore(self, table: sa.Table, conflict_columns: list[str]):
         if self._dialect == "postgresql":
             return postgresql.insert(table).on_conflict_do_nothing(index_elements=conflict_columns)
-        if self._dialect == "sqlite":
-            return sqlite.insert(table).on_conflict_do_nothing(index_elements=conflict_columns)
-        return table.insert().prefix_with("IGNORE")
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=conflict_columns)
 
     def _save_events(self, connection: Connection, batch: list[Event]) -> dict[str, int]:
         """Insert events not stored yet; returns message_id -> id for those inserted."""
         type_ids = self._event_type_id_map(connection, {e["event_type"] for e in batch})
-        rows = []
-        for event in batch:
-            traits = {k: encode_value(v) for k, v in event.items()
-                      if k not in ("message_id", "event_type", "timestamp")}
-            rows.append({"message_id": event["message_id"],
-                         "event_type_id": type_ids[event["event_type"]],
-                         "generated": event["timestamp"],
-                         "traits": orjson.dumps(traits).decode()})
-        statement = self._insert_ignore(events, ["message_id"]).returning(
-            events.c.id, events.c.message_id)
-        inserted = {message_id: event_id
-                    for event_id, message_id in connection.execute(statement, rows)}
+        rows = [(event["message_id"], type_ids[event["event_type"]], event["timestamp"],
+                 _traits_json(event)) for event in batch]
+        inserted = self._bulk.insert_events(connection, rows)
         if self.indexed_traits and inserted:
             trait_rows = [row for event in batch if event["message_id"] in inserted
                           for row in self._trait_rows(inserted[event["message_id"]], event)]
             if trait_rows:
-                connection.execute(event_traits.insert(), trait_rows)
+                self._bulk.insert_traits(connection, trait_rows)
         return inserted
 
-    def _trait_rows(self, event_id: int, event: Event) -> Iterator[dict[str, Any]]:
-        for name in self.indexed_traits:
+    def _trait_rows(self, event_id: int, event: Event) -> Iterator[TraitRow]:
+        for name in self._indexed_names:
             value = event.get(name)
-            if value is None or name in ("message_id", "event_type", "timestamp"):
+            if value is None:
                 continue
-            row = {"event_id": event_id, "name": name, "t_string": None, "t_int": None,
-                   "t_float": None, "t_datetime": None}
-            if type(value) is str:
-                if len(value) > KEY_LENGTH:
-                    continue  # kept in the event's JSON; too long to index
-                row.update(type=TRAIT_TEXT, t_string=value)
-            elif type(value) is int:
-                row.update(type=TRAIT_INT, t_int=value)
-            elif type(value) is float:
-                row.update(type=TRAIT_FLOAT, t_float=value)
+            value_type = type(value)
+            if value_type is str:
+                if len(value) <= KEY_LENGTH:  # longer text stays in the event's JSON only
+                    yield (event_id, name, TRAIT_TEXT, value, None, None, None)
+            elif value_type is int:
+                yield (event_id, name, TRAIT_INT, None, value, None, None)
+            elif value_type is float:
+                yield (event_id, name, TRAIT_FLOAT, None, None, value, None)
             else:
-                row.update(type=TRAIT_DATETIME, t_datetime=value)
-            yield row
+                yield (event_id, name, TRAIT_DATETIME, None, None, None, value)
 
     def save_events(self, batch: Sequence[Event]) -> IngestResult:
         """Store events that belong to no trigger (duplicates change nothing)."""
@@ -373,36 +366,20 @@ class Store:
         new = [stream for stream in pending if stream.id is None]
         changed = [stream for stream in pending if stream.id is not None and stream.members]
         if new:
-            rows = [{"trigger_name": s.trigger.name, "state": "active", "state_serial": 0,
-                     "dist_key": s.key, "open_key": s.key if s.is_open else None,
-                     "distinguishing_traits": s.distinguishing, "first_event": s.first,
-                     "last_event": s.last, "expire_timestamp": s.expire, "fire_timestamp": s.fire_at,
-                     "fire_counts": orjson.dumps(s.counts).decode(), "event_count": s.event_count,
-                     "created_at": now, "updated_at": now} for s in new]
-            ids = self._allocate_stream_ids(connection, len(new))
-            if ids is None:
-                statement = streams.insert().returning(streams.c.id, sort_by_parameter_order=True)
-                ids = [stream_id for (stream_id,) in connection.execute(statement, rows)]
-            else:
-                for row, stream_id in zip(rows, ids, strict=True):
-                    row["id"] = stream_id
-                connection.execute(streams.insert(), rows)
-            for stream, stream_id in zip(new, ids, strict=True):
+            for stream, stream_id in zip(new, self._bulk.allocate_stream_ids(connection, len(new)),
+                                         strict=True):
                 stream.id = stream_id
+            self._bulk.insert_streams(connection, [
+                (s.id, s.trigger.name, s.key, s.key if s.is_open else None, s.distinguishing,
+                 s.first, s.last, s.expire, s.fire_at, orjson.dumps(s.counts).decode(),
+                 s.event_count, now) for s in new])
         if changed:
-            connection.execute(
-                streams.update().where(streams.c.id == sa.bindparam("stream_id")).values(
-                    first_event=sa.bindparam("first"), last_event=sa.bindparam("last"),
-                    expire_timestamp=sa.bindparam("expire"), fire_timestamp=sa.bindparam("fire_at"),
-                    fire_counts=sa.bindparam("counts"), event_count=sa.bindparam("count"),
-                    updated_at=sa.bindparam("now")),
-                [{"stream_id": s.id, "first": s.first, "last": s.last, "expire": s.expire,
-                  "fire_at": s.fire_at, "counts": orjson.dumps(s.counts).decode(),
-                  "count": s.event_count, "now": now} for s in changed])
-        members = [{"stream_id": s.id, "event_id": event_id}
-                   for s in pending for event_id in s.members]
+            self._bulk.update_streams(connection, [
+                (s.id, s.first, s.last, s.expire, s.fire_at, orjson.dumps(s.counts).decode(),
+                 s.event_count, now) for s in changed])
+        members = [(s.id, event_id) for s in pending for event_id in s.members]
         if members:
-            connection.execute(stream_events.insert(), members)
+            self._bulk.insert_members(connection, members)
 
     def save_dead_letters(self, letters: Sequence[Mapping[str, Any]], now: datetime) -> None:
         """Keep messages that could not be processed: each has source, reason, detail, body."""
@@ -420,22 +397,6 @@ class Store:
     def count_dead_letters(self) -> int:
         with self.engine.connect() as connection:
             return connection.execute(sa.select(sa.func.count()).select_from(dead_letters)).scalar_one()
-
-    def _allocate_stream_ids(self, connection: Connection, count: int) -> list[int] | None:
-        """Ids for new streams, so one multi-row insert needs no RETURNING to map them back.
-
-        PostgreSQL hands out sequence values; SQLite's writer holds the
-        database lock (BEGIN IMMEDIATE), so the next ids are simply after the
-        largest. Elsewhere ``None``: the insert returns them instead.
-        """
-        if self._postgresql:
-            return list(connection.execute(
-                sa.text("SELECT nextval(pg_get_serial_sequence('streams', 'id')) "
-                        "FROM generate_series(1, :count)"), {"count": count}).scalars())
-        if self._dialect == "sqlite":
-            largest = connection.execute(sa.select(sa.func.max(streams.c.id))).scalar() or 0
-            return list(range(largest + 1, largest + 1 + count))
-        return None
 
     # -- reading -----------------------------------------------------------------------
 
@@ -515,6 +476,20 @@ def _stream_from_row(row) -> StreamRecord:
         is_open=row.open_key is not None, created_at=row.created_at, updated_at=row.updated_at)
 
 
+def _encode_datetime(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return encode_value(value)
+    raise TypeError(f"{type(value).__name__} is not a trait type")
+
+
+def _traits_json(event: Event) -> str:
+    """The event's traits as typed JSON (datetimes marked), without the envelope keys."""
+    traits = {key: value for key, value in event.items()
+              if key != "message_id" and key != "event_type" and key != "timestamp"}
+    return orjson.dumps(traits, default=_encode_datetime,
+                        option=orjson.OPT_PASSTHROUGH_DATETIME).decode()
+
+
 def _as_bytes(body: Any) -> bytes:
     if isinstance(body, bytes):
         return body
@@ -528,14 +503,14 @@ def _chunks(values: Sequence[Any]) -> Iterator[Sequence[Any]]:
         yield values[start:start + _CHUNK]
 
 
-def _retryable(exc: DBAPIError) -> bool:
-    if exc.connection_invalidated:
+def _retryable(exc: Exception, cause: Exception) -> bool:
+    if getattr(exc, "connection_invalidated", False):
         return True
-    if isinstance(exc, IntegrityError):
+    code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    if isinstance(exc, IntegrityError) or code == "23505":
         # Only a stream opened concurrently by another ingester; other
         # integrity errors are bugs and must surface.
-        return "open_key" in str(exc.orig)
-    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+        return "open_key" in str(cause)
     if code in ("40001", "40P01"):  # serialization failure, deadlock
         return True
-    return isinstance(exc, OperationalError) and "database is locked" in str(exc.orig)
+    return isinstance(exc, OperationalError) and "database is locked" in str(cause)

@@ -57,9 +57,12 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("event_id", "name", name="pk_event_traits"),
         sa.ForeignKeyConstraint(["event_id"], ["events.id"], ondelete="CASCADE",
                                 name="fk_event_traits_event_id_events"),
+        sqlite_with_rowid=False,
     )
     for column in ("t_string", "t_int", "t_float", "t_datetime"):
-        op.create_index(f"ix_event_traits_name_{column}", "event_traits", ["name", column])
+        op.create_index(f"ix_event_traits_name_{column}", "event_traits", ["name", column],
+                        sqlite_where=sa.text(f"{column} IS NOT NULL"),
+                        postgresql_where=sa.text(f"{column} IS NOT NULL"))
     op.create_table(
         "streams",
         sa.Column("id", BigId, nullable=False),

@@ -1,0 +1,175 @@
+"""Bulk writes for the ingest hot path, one implementation per database.
+
+Ingest writes tens of thousands of rows a second. Going through SQLAlchemy's
+per-row parameter processing costs more than the database does, so these
+statements are handed to the driver directly: plain ``executemany`` on
+SQLite, and one statement per table with array parameters (``unnest``) on
+PostgreSQL. Column lists here must stay in step with ``_schema.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy.engine import Connection
+
+from winchester.errors import WinchesterError
+
+# (message_id, event_type_id, generated, traits JSON)
+EventRow = tuple[str, int, datetime, str]
+# (event_id, name, type, t_string, t_int, t_float, t_datetime)
+TraitRow = tuple[int, str, int, str | None, int | None, float | None, datetime | None]
+# (id, trigger_name, dist_key, open_key, distinguishing_traits, first, last, expire, fire_at,
+#  fire_counts, event_count, now)
+StreamRow = tuple[int, str, str, str | None, str, datetime, datetime, datetime, datetime | None,
+                  str, int, datetime]
+# (id, first, last, expire, fire_at, fire_counts, event_count, now)
+StreamUpdate = tuple[int, datetime, datetime, datetime, datetime | None, str, int, datetime]
+
+_LOOKUP_CHUNK = 5000
+
+
+class BulkWriter:
+    def insert_events(self, connection: Connection, rows: Sequence[EventRow]) -> dict[str, int]:
+        """Insert the events whose message_id is new; message_id -> id of those inserted."""
+        raise NotImplementedError
+
+    def insert_traits(self, connection: Connection, rows: Sequence[TraitRow]) -> None:
+        raise NotImplementedError
+
+    def allocate_stream_ids(self, connection: Connection, count: int) -> list[int]:
+        raise NotImplementedError
+
+    def insert_streams(self, connection: Connection, rows: Sequence[StreamRow]) -> None:
+        raise NotImplementedError
+
+    def update_streams(self, connection: Connection, rows: Sequence[StreamUpdate]) -> None:
+        raise NotImplementedError
+
+    def insert_members(self, connection: Connection, rows: Sequence[tuple[int, int]]) -> None:
+        raise NotImplementedError
+
+
+def _sqlite_time(value: datetime | None) -> str | None:
+    # The text form SQLAlchemy's SQLite DateTime type reads back.
+    return None if value is None else value.isoformat(sep=" ", timespec="microseconds")
+
+
+class SQLiteWriter(BulkWriter):
+    """SQLite: the writer holds the database lock (BEGIN IMMEDIATE) for the whole batch,
+    so existing ids can be read first and new ids assigned without a race."""
+
+    def insert_events(self, connection: Connection, rows: Sequence[EventRow]) -> dict[str, int]:
+        known: set[str] = set()
+        message_ids = [row[0] for row in rows]
+        for start in range(0, len(message_ids), _LOOKUP_CHUNK):
+            chunk = message_ids[start:start + _LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            known.update(message_id for (message_id,) in connection.exec_driver_sql(
+                f"SELECT message_id FROM events WHERE message_id IN ({marks})", tuple(chunk)))
+        fresh = [row for row in rows if row[0] not in known]
+        if not fresh:
+            return {}
+        largest = connection.exec_driver_sql("SELECT max(id) FROM events").scalar() or 0
+        inserted = {row[0]: largest + offset for offset, row in enumerate(fresh, 1)}
+        connection.exec_driver_sql(
+            "INSERT INTO events (id, message_id, event_type_id, generated, traits) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(inserted[m], m, t, _sqlite_time(g), traits) for m, t, g, traits in fresh])
+        return inserted
+
+    def insert_traits(self, connection: Connection, rows: Sequence[TraitRow]) -> None:
+        connection.exec_driver_sql(
+            "INSERT INTO event_traits (event_id, name, type, t_string, t_int, t_float, t_datetime) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(*row[:6], _sqlite_time(row[6])) for row in rows])
+
+    def allocate_stream_ids(self, connection: Connection, count: int) -> list[int]:
+        largest = connection.exec_driver_sql("SELECT max(id) FROM streams").scalar() or 0
+        return list(range(largest + 1, largest + 1 + count))
+
+    def insert_streams(self, connection: Connection, rows: Sequence[StreamRow]) -> None:
+        connection.exec_driver_sql(
+            "INSERT INTO streams (id, trigger_name, dist_key, open_key, distinguishing_traits, "
+            "first_event, last_event, expire_timestamp, fire_timestamp, fire_counts, event_count, "
+            "created_at, updated_at, state, state_serial, attempts) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', 0, 0)",
+            [(*row[:5], *(_sqlite_time(t) for t in row[5:9]), row[9], row[10],
+              _sqlite_time(row[11]), _sqlite_time(row[11])) for row in rows])
+
+    def update_streams(self, connection: Connection, rows: Sequence[StreamUpdate]) -> None:
+        connection.exec_driver_sql(
+            "UPDATE streams SET first_event = ?, last_event = ?, expire_timestamp = ?, "
+            "fire_timestamp = ?, fire_counts = ?, event_count = ?, updated_at = ? WHERE id = ?",
+            [(*(_sqlite_time(t) for t in row[1:5]), row[5], row[6], _sqlite_time(row[7]), row[0])
+             for row in rows])
+
+    def insert_members(self, connection: Connection, rows: Sequence[tuple[int, int]]) -> None:
+        connection.exec_driver_sql(
+            "INSERT INTO stream_events (stream_id, event_id) VALUES (?, ?)", list(rows))
+
+
+class PostgreSQLWriter(BulkWriter):
+    """PostgreSQL: rows travel by COPY, the fastest way in; new rows are copied straight
+    into their table, rows that may conflict or update go through a temporary table."""
+
+    @staticmethod
+    def _copy(connection: Connection, target: str, rows: Sequence[tuple]) -> None:
+        driver = connection.connection.driver_connection
+        with driver.cursor() as cursor, cursor.copy(f"COPY {target} FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    @staticmethod
+    def _staging(connection: Connection, name: str, columns: str) -> None:
+        connection.exec_driver_sql(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {name} ({columns}) ON COMMIT DELETE ROWS")
+
+    def insert_events(self, connection: Connection, rows: Sequence[EventRow]) -> dict[str, int]:
+        self._staging(connection, "incoming_events", "message_id varchar(255), "
+                      "event_type_id integer, generated timestamp, traits text, ord serial")
+        self._copy(connection, "incoming_events (message_id, event_type_id, generated, traits)", rows)
+        # Inserted in the batch's (message_id) order so concurrent ingesters
+        # take index locks in the same order.
+        result = connection.exec_driver_sql(
+            "INSERT INTO events (message_id, event_type_id, generated, traits) "
+            "SELECT message_id, event_type_id, generated, traits FROM incoming_events ORDER BY ord "
+            "ON CONFLICT (message_id) DO NOTHING RETURNING id, message_id")
+        return {message_id: event_id for event_id, message_id in result}
+
+    def insert_traits(self, connection: Connection, rows: Sequence[TraitRow]) -> None:
+        self._copy(connection, "event_traits (event_id, name, type, t_string, t_int, t_float, "
+                   "t_datetime)", rows)
+
+    def allocate_stream_ids(self, connection: Connection, count: int) -> list[int]:
+        return list(connection.exec_driver_sql(
+            "SELECT nextval(pg_get_serial_sequence('streams', 'id')) FROM generate_series(1, %s)",
+            (count,)).scalars())
+
+    def insert_streams(self, connection: Connection, rows: Sequence[StreamRow]) -> None:
+        self._copy(connection, "streams (id, trigger_name, dist_key, open_key, "
+                   "distinguishing_traits, first_event, last_event, expire_timestamp, "
+                   "fire_timestamp, fire_counts, event_count, created_at, updated_at, state, "
+                   "state_serial, attempts)",
+                   [(*row, row[11], "active", 0, 0) for row in rows])
+
+    def update_streams(self, connection: Connection, rows: Sequence[StreamUpdate]) -> None:
+        self._staging(connection, "incoming_stream_updates", "id bigint, f timestamp, "
+                      "l timestamp, e timestamp, fa timestamp, c text, n integer, now timestamp")
+        self._copy(connection, "incoming_stream_updates", rows)
+        connection.exec_driver_sql(
+            "UPDATE streams AS s SET first_event = u.f, last_event = u.l, expire_timestamp = u.e, "
+            "fire_timestamp = u.fa, fire_counts = u.c, event_count = u.n, updated_at = u.now "
+            "FROM incoming_stream_updates AS u WHERE s.id = u.id")
+
+    def insert_members(self, connection: Connection, rows: Sequence[tuple[int, int]]) -> None:
+        self._copy(connection, "stream_events (stream_id, event_id)", rows)
+
+
+def writer_for(dialect: str) -> BulkWriter:
+    if dialect == "sqlite":
+        return SQLiteWriter()
+    if dialect == "postgresql":
+        return PostgreSQLWriter()
+    raise WinchesterError(f"the {dialect} database is not supported: use SQLite or PostgreSQL")
