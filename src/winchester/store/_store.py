@@ -342,12 +342,20 @@ class Store:
         triggers = {match.key: match.trigger for item in items for match in item.matches}
         found: dict[str, _PendingStream] = {}
         for chunk in _chunks(sorted(keys)):
+            # open_key is set only while a stream accepts events (claiming or
+            # closing a stream clears it), so the unique index alone answers;
+            # on PostgreSQL one array parameter keeps the statement text fixed,
+            # so a prepared generic plan cannot stray from that index.
+            if self._postgresql:
+                selector = streams.c.open_key == sa.any_(
+                    sa.bindparam("keys", list(chunk), type_=postgresql.ARRAY(sa.String)))
+            else:
+                selector = streams.c.open_key.in_(chunk)
             query = (sa.select(streams.c.id, streams.c.open_key, streams.c.distinguishing_traits,
                                streams.c.first_event, streams.c.last_event,
                                streams.c.expire_timestamp, streams.c.fire_timestamp,
                                streams.c.fire_counts, streams.c.event_count, streams.c.created_at)
-                     .where(streams.c.open_key.in_(chunk), streams.c.state == "active")
-                     .order_by(streams.c.id))
+                     .where(selector).order_by(streams.c.id))
             if self._postgresql:
                 # Concurrent ingesters serialise on the streams they share.
                 query = query.with_for_update()
