@@ -272,7 +272,7 @@ def test_two_ingest_processes_never_duplicate_streams_or_lose_events(tmp_path, p
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                  for path, size in ((first, 100), (second, 37))]
     outputs = [process.communicate(timeout=300) for process in processes]
-    for process, (out, err) in zip(processes, outputs):
+    for process, (_out, err) in zip(processes, outputs):
         assert process.returncode == 0, err.decode()
     settings = load_settings(CONFIG, environ={"WINCHESTER_DATABASE_URL": url})
     store = open_store(settings)
