@@ -163,7 +163,7 @@ KEYS: tuple[Key, ...] = (
     Key("trim_events_age", _time_expression, "$timestamp - 14d",
         help="Time expression: events older than this are trimmed."),
     Key("trim_events_batch_size", _positive_int, 100, help="Events deleted per trimming batch."),
-    Key("indexed_traits", _name_list, ["instance_id", "tenant_id", "request_id"],
+    Key("indexed_traits", _name_list, ["instance_id"],
         help="Traits copied into the typed, indexed trait table so queries can filter on them "
              "(every trigger's distinguishing traits are added automatically)."),
     Key("log_level", _log_level, "info",
