@@ -216,3 +216,22 @@ def test_an_expired_open_stream_is_closed_and_a_new_one_started(store):
     old, new = store.list_streams()
     assert not old.is_open and old.state == "active" and old.event_count == 1
     assert new.is_open and new.event_count == 1
+
+
+def test_a_failed_batch_leaves_no_stale_event_type(store, monkeypatch):
+    """A batch that fails after meeting a new event type does not poison the next batch."""
+    from winchester.store import StoreError
+
+    original = Store._ingest
+
+    def failing(self, connection, items, type_ids):
+        original(self, connection, items, type_ids)
+        raise StoreError("simulated failure after the writes, before commit")
+
+    monkeypatch.setattr(Store, "_ingest", failing)
+    with pytest.raises(StoreError):
+        store.ingest([IngestItem(event("m-1", event_type="brand.new.type"), [], datetime(2014, 8, 1))])
+    monkeypatch.setattr(Store, "_ingest", original)
+    result = store.ingest([IngestItem(event("m-1", event_type="brand.new.type"), [], datetime(2014, 8, 1))])
+    assert result.saved == 1
+    assert store.get_event("m-1")["event_type"] == "brand.new.type"

@@ -198,16 +198,27 @@ class Store:
 
     # -- events ------------------------------------------------------------------------
 
-    def _event_type_id_map(self, connection: Connection, names: set[str]) -> dict[str, int]:
+    def _event_type_ids_for(self, names: set[str]) -> dict[str, int]:
+        """Ids of these event types, creating the new ones.
+
+        New types are committed in their own short transaction, before the
+        batch's: ids cached from a batch transaction that then rolled back
+        would point at rows that do not exist.
+        """
         missing = names - self._event_type_ids.keys()
         if missing:
-            rows = [{"name": name} for name in sorted(missing)]
-            connection.execute(self._insert_ignore(event_types, ["name"]), rows)
-            for chunk in _chunks(sorted(missing)):
-                for type_id, name in connection.execute(
-                        sa.select(event_types.c.id, event_types.c.name)
-                        .where(event_types.c.name.in_(chunk))):
-                    self._event_type_ids[name] = type_id
+            def create(connection: Connection) -> dict[str, int]:
+                connection.execute(self._insert_ignore(event_types, ["name"]),
+                                   [{"name": name} for name in sorted(missing)])
+                found = {}
+                for chunk in _chunks(sorted(missing)):
+                    for type_id, name in connection.execute(
+                            sa.select(event_types.c.id, event_types.c.name)
+                            .where(event_types.c.name.in_(chunk))):
+                        found[name] = type_id
+                return found
+
+            self._event_type_ids.update(self._retrying(create))
         return self._event_type_ids
 
     def _insert_ignore(self, table: sa.Table, conflict_columns: list[str]):
@@ -215,9 +226,9 @@ class Store:
             return postgresql.insert(table).on_conflict_do_nothing(index_elements=conflict_columns)
         return sqlite.insert(table).on_conflict_do_nothing(index_elements=conflict_columns)
 
-    def _save_events(self, connection: Connection, batch: list[Event]) -> dict[str, int]:
+    def _save_events(self, connection: Connection, batch: list[Event],
+                     type_ids: Mapping[str, int]) -> dict[str, int]:
         """Insert events not stored yet; returns message_id -> id for those inserted."""
-        type_ids = self._event_type_id_map(connection, {e["event_type"] for e in batch})
         rows = [(event["message_id"], type_ids[event["event_type"]], event["timestamp"],
                  _traits_json(event)) for event in batch]
         inserted = self._bulk.insert_events(connection, rows)
@@ -257,9 +268,11 @@ class Store:
         """
         if not items:
             return IngestResult()
-        return self._retrying(self._ingest, items)
+        type_ids = self._event_type_ids_for({item.event["event_type"] for item in items})
+        return self._retrying(self._ingest, items, type_ids)
 
-    def _ingest(self, connection: Connection, items: Sequence[IngestItem]) -> IngestResult:
+    def _ingest(self, connection: Connection, items: Sequence[IngestItem],
+                type_ids: Mapping[str, int]) -> IngestResult:
         result = IngestResult()
         # Within a batch the first copy of a message wins; sorting the inserts
         # by message_id makes concurrent ingesters lock index entries in the
@@ -272,7 +285,7 @@ class Store:
             else:
                 unique[message_id] = item
         ordered = sorted(unique.values(), key=lambda item: item.event["message_id"])
-        inserted = self._save_events(connection, [item.event for item in ordered])
+        inserted = self._save_events(connection, [item.event for item in ordered], type_ids)
         result.saved = len(inserted)
         result.duplicates.extend(m for m in unique if m not in inserted)
 
