@@ -170,3 +170,11 @@ def test_arbitrary_json_raises_only_event_error(data):
         event_from_jsonable(data)
     except EventError:
         pass
+
+
+@pytest.mark.parametrize("key", ["message_id", "event_type"])
+def test_identifiers_longer_than_the_store_allows_are_rejected(key):
+    """message_id and event_type longer than 255 characters raise EventError naming the key."""
+    with pytest.raises(EventError, match="at most 255"):
+        make_event({**BASE, key: "x" * 256})
+    assert make_event({**BASE, key: "x" * 255})[key] == "x" * 255

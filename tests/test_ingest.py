@@ -287,3 +287,36 @@ def test_two_ingest_processes_never_duplicate_streams_or_lose_events(tmp_path, p
         assert members == 4000
     finally:
         store.close()
+
+
+def test_overlong_identifiers_are_rejected_not_fatal(ingester):
+    """A message_id or event_type too long for the store is rejected alone; the batch is stored."""
+    outcome = ingester.add_notifications([
+        nova("compute.instance.update", "i-a", DAY1, message_id="m" * 300),
+        nova("compute.instance." + "x" * 300, "i-a", DAY1),
+        nova("compute.instance.update", "i-a", DAY1 + timedelta(hours=1)),
+    ])
+    assert [r.reason for r in outcome.rejected] == ["bad_identifier", "bad_identifier"]
+    assert outcome.stored.saved == 1
+
+
+def test_db_command_reports_errors_in_one_line(tmp_path):
+    """A bad revision gives a one-line error and exit status 1, not a traceback."""
+    env = {"WINCHESTER_DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}"}
+    result = run_cli("db", "upgrade", "nosuch", "-c", str(CONFIG), env=env)
+    assert result.exit_code == 1
+    assert "error: Can't locate revision identified by 'nosuch'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_ingest_file_keeps_rejected_lines_with_their_own_line_numbers(tmp_path, migrated_url):
+    """With --unwrap, rejected lines that unwrap to the same value keep their own line numbers."""
+    capture = tmp_path / "capture.jsonl"
+    capture.write_bytes(b'{"n": null}\n{"n": null}\n' + orjson.dumps(
+        {"n": nova("compute.instance.update", "i-a", DAY1)}) + b"\n")
+    env = {"WINCHESTER_DATABASE_URL": migrated_url}
+    result = run_cli("ingest-file", "-c", str(CONFIG), str(capture), "--unwrap", "n", "--quiet",
+                     env=env)
+    assert result.exit_code == 0, result.output
+    assert f"{capture}:1: rejected" in result.output and f"{capture}:2: rejected" in result.output
+    assert "1 saved" in result.output

@@ -41,6 +41,8 @@ REQUIRED_KEYS = ("message_id", "event_type", "timestamp")
 TraitValue = str | int | float | datetime
 Event = dict[str, Any]
 
+# message_id and event_type are indexed columns of this width on every store.
+IDENTIFIER_MAX_LENGTH = 255
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 DATETIME_MARKER = "__type__"
@@ -116,6 +118,9 @@ def make_event(mapping: Mapping[str, Any]) -> Event:
     for key in ("message_id", "event_type"):
         if type(event[key]) is not str or not event[key]:
             raise EventError(key, f"must be a non-empty string, not {mapping[key]!r}")
+        if len(event[key]) > IDENTIFIER_MAX_LENGTH:
+            raise EventError(key, f"is {len(event[key])} characters long; at most "
+                                  f"{IDENTIFIER_MAX_LENGTH} are allowed")
     if type(event["timestamp"]) is not datetime:
         raise EventError("timestamp", f"must be a datetime, not {type(mapping['timestamp']).__name__}")
     return event

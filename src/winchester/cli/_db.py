@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import click
+from alembic.util import CommandError
+from sqlalchemy.exc import SQLAlchemyError
 
 from winchester.cli._options import CONFIG_ENV
 from winchester.config import load_settings
-from winchester.errors import ConfigError
+from winchester.errors import ConfigError, WinchesterError
 from winchester.store import (
     create_engine,
     current_revision,
@@ -25,6 +28,21 @@ from winchester.store import (
 _sub_config = click.option("-c", "--config", "config_file", default=None,
                            type=click.Path(dir_okay=False),
                            help="Path to winchester.yaml (overrides the group's -c).")
+
+
+def _reported(command):
+    """Turn database and migration failures into one `error:` line and exit status 1."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (SQLAlchemyError, CommandError, WinchesterError) as exc:
+            message = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            click.echo(f"error: {message}", err=True)
+            sys.exit(1)
+
+    return run
 
 
 def _database_url(ctx: click.Context, config_file: str | None) -> str:
@@ -57,6 +75,7 @@ def db(ctx: click.Context, config_file: str) -> None:
 @click.option("--sql", is_flag=True, help="Print the SQL instead of running it.")
 @_sub_config
 @click.pass_context
+@_reported
 def upgrade_command(ctx: click.Context, revision: str, sql: bool, config_file: str | None) -> None:
     """Upgrade the schema to REVISION (default: head)."""
     url = _database_url(ctx, config_file)
@@ -79,6 +98,7 @@ def upgrade_command(ctx: click.Context, revision: str, sql: bool, config_file: s
 @click.option("--sql", is_flag=True, help="Print the SQL instead of running it.")
 @_sub_config
 @click.pass_context
+@_reported
 def downgrade_command(ctx: click.Context, revision: str, sql: bool, config_file: str | None) -> None:
     """Downgrade the schema to REVISION ('base' removes every table: all data is lost)."""
     url = _database_url(ctx, config_file)
@@ -97,6 +117,7 @@ def downgrade_command(ctx: click.Context, revision: str, sql: bool, config_file:
 @db.command("current")
 @_sub_config
 @click.pass_context
+@_reported
 def current_command(ctx: click.Context, config_file: str | None) -> None:
     """Print the schema revision of the database (and whether it is current)."""
     engine = create_engine(_database_url(ctx, config_file))
@@ -114,6 +135,7 @@ def current_command(ctx: click.Context, config_file: str | None) -> None:
 @db.command("history")
 @_sub_config
 @click.pass_context
+@_reported
 def history_command(ctx: click.Context, config_file: str | None) -> None:
     """List the schema revisions, newest first."""
     for revision, down, message in history():
@@ -124,6 +146,7 @@ def history_command(ctx: click.Context, config_file: str | None) -> None:
 @click.argument("revision")
 @_sub_config
 @click.pass_context
+@_reported
 def stamp_command(ctx: click.Context, revision: str, config_file: str | None) -> None:
     """Record REVISION as the schema's version without running migrations."""
     engine = create_engine(_database_url(ctx, config_file))

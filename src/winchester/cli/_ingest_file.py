@@ -8,6 +8,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import click
 import orjson
 from rich.console import Console
+from sqlalchemy.exc import SQLAlchemyError
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -20,7 +21,7 @@ from winchester.config import (
     load_trigger_definitions,
     open_store,
 )
-from winchester.errors import ConfigError
+from winchester.errors import ConfigError, WinchesterError
 from winchester.logs import configure_logging
 from winchester.services.ingest import Ingester
 from winchester.store import SchemaError
@@ -58,13 +59,13 @@ def ingest_file(config_file: str, source: str, clock_kind: str, batch_size: int,
         for problem in exc.problems:
             console.print(f"{problem.severity}: {problem}", markup=False)
         sys.exit(2)
-    except SchemaError as exc:
+    except (SchemaError, SQLAlchemyError, WinchesterError) as exc:
         console.print(f"error: {exc}", markup=False)
         sys.exit(2)
 
     clock = make_clock(clock_kind)
     ingester = Ingester(store, triggers, distiller, clock)
-    total_bytes = os.path.getsize(source) if source != "-" and os.path.isfile(source) else None
+    total_bytes = _plain_file_size(source)
     started = time.perf_counter()
     progress = Progress(
         SpinnerColumn(), TextColumn("{task.fields[count]:>12,} notifications"),
@@ -74,44 +75,64 @@ def ingest_file(config_file: str, source: str, clock_kind: str, batch_size: int,
     # with the database writing the previous one (which mostly releases it).
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer")
     pending: Future | None = None
+    committed_through = 0  # the last line of the last batch known to be committed
+    failure: BaseException | None = None
     try:
         with progress, open_lines(source) as stream:
             task = progress.add_task("ingest", total=total_bytes, count=0, rate=0.0, now="")
             batch: list = []
-            lines: dict[int, int] = {}
+            numbers: list[int] = []
             consumed = 0
 
-            def hand_over(batch: list, lines: dict) -> Future:
+            def hand_over(batch: list, numbers: list[int]) -> Future:
+                nonlocal committed_through
                 prepared = ingester.prepare(batch)
                 if pending is not None:
-                    pending.result()  # one batch in flight: memory stays flat, order kept
-                return writer.submit(_commit, ingester, store, prepared, lines, source, clock,
-                                     console)
+                    # One batch in flight: memory stays flat and order is kept.
+                    committed_through = pending.result()
+                return writer.submit(_commit, ingester, prepared, numbers, source, console)
 
             for number, line in numbered_lines(stream):
-                consumed += len(line) + 1
-                body = _unwrapped(line, unwrap) if unwrap else line
-                batch.append(body)
-                lines[id(body)] = number
+                consumed += len(line)
+                batch.append(_unwrapped(line, unwrap) if unwrap else line)
+                numbers.append(number)
                 if len(batch) >= batch_size:
-                    pending = hand_over(batch, lines)
-                    batch, lines = [], {}
+                    pending = hand_over(batch, numbers)
+                    batch, numbers = [], []
                     elapsed = time.perf_counter() - started
                     progress.update(task, completed=consumed if total_bytes else None,
                                     count=ingester.stats.received,
                                     rate=ingester.stats.received / max(elapsed, 1e-9),
                                     now=f"now {clock.now():%Y-%m-%d %H:%M:%S}")
             if batch:
-                pending = hand_over(batch, lines)
+                pending = hand_over(batch, numbers)
             if pending is not None:
-                pending.result()
+                committed_through = pending.result()
             elapsed = time.perf_counter() - started
             progress.update(task, completed=total_bytes or consumed, count=ingester.stats.received,
                             rate=ingester.stats.received / max(elapsed, 1e-9))
+    except (WinchesterError, SQLAlchemyError) as exc:
+        failure = exc
     finally:
         writer.shutdown(wait=True)
         store.close()
     _summary(Console(highlight=False, soft_wrap=True), ingester, time.perf_counter() - started)
+    if failure is not None:
+        console.print(f"error: ingest stopped: {failure}", markup=False)
+        console.print(f"every line up to {source}:{committed_through} is committed; run the same "
+                      "command again to resume (lines already stored are skipped as duplicates)",
+                      markup=False)
+        sys.exit(1)
+
+
+def _plain_file_size(source: str) -> int | None:
+    """The size of an uncompressed regular file, for the progress bar (None: unknown)."""
+    if source == "-" or not os.path.isfile(source):
+        return None
+    with open(source, "rb") as handle:
+        if handle.read(2) == b"\x1f\x8b":
+            return None
+    return os.path.getsize(source)
 
 
 def _unwrapped(line: bytes, key: str):
@@ -128,21 +149,19 @@ def _unwrapped(line: bytes, key: str):
 _SHOWN_REJECTIONS = 20
 
 
-def _commit(ingester: Ingester, store, prepared, lines: dict, source: str, clock,
-            console) -> None:
-    outcome = ingester.commit(prepared)
-    if outcome.rejected:
-        store.save_dead_letters(
-            [{"source": f"ingest-file:{source}:{lines.get(id(r.body), '?')}", "reason": r.reason,
-              "detail": r.detail, "body": r.body} for r in outcome.rejected], clock.now())
-        already = sum(ingester.stats.rejected.values()) - len(outcome.rejected)
-        for index, rejected in enumerate(outcome.rejected, already):
-            if index < _SHOWN_REJECTIONS:
-                console.print(f"{source}:{lines.get(id(rejected.body), '?')}: rejected "
-                              f"({rejected.reason}): {rejected.detail}", markup=False)
-            elif index == _SHOWN_REJECTIONS:
-                console.print("... further rejected lines are not shown; all are kept in the "
-                              "dead-letter table with their reason", markup=False)
+def _commit(ingester: Ingester, prepared, numbers: list[int], source: str, console) -> int:
+    """Write one batch (rejected lines go to the dead letters in the same transaction)."""
+    outcome = ingester.commit(
+        prepared, dead_letter_source=lambda r: f"ingest-file:{source}:{numbers[r.position]}")
+    already = sum(ingester.stats.rejected.values()) - len(outcome.rejected)
+    for index, rejected in enumerate(outcome.rejected, already):
+        if index < _SHOWN_REJECTIONS:
+            console.print(f"{source}:{numbers[rejected.position]}: rejected "
+                          f"({rejected.reason}): {rejected.detail}", markup=False)
+        elif index == _SHOWN_REJECTIONS:
+            console.print("... further rejected lines are not shown; all are kept in the "
+                          "dead-letter table with their reason", markup=False)
+    return numbers[-1] if numbers else 0
 
 
 def _summary(console: Console, ingester: Ingester, elapsed: float) -> None:

@@ -15,7 +15,7 @@ from winchester.distill._convert import ConversionError, parse_datetime
 from winchester.distill._definitions import DefinitionSet, EventDefinition
 from winchester.distill._plugins import plugin_value
 from winchester.errors import WinchesterError
-from winchester.events import Event, to_naive_utc
+from winchester.events import IDENTIFIER_MAX_LENGTH, Event, to_naive_utc
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +180,9 @@ def _envelope(notification: Mapping[str, Any]) -> tuple[str, str, datetime]:
         raise NotificationRejected("no_message_id", "message_id is missing or not a string")
     if "\x00" in event_type or "\x00" in message_id:
         raise NotificationRejected("bad_identifier", "event_type or message_id contains NUL")
+    if len(event_type) > IDENTIFIER_MAX_LENGTH or len(message_id) > IDENTIFIER_MAX_LENGTH:
+        raise NotificationRejected("bad_identifier", f"event_type or message_id is longer than "
+                                   f"{IDENTIFIER_MAX_LENGTH} characters")
     raw_time = notification.get("timestamp", metadata.get("timestamp"))
     if isinstance(raw_time, datetime):
         return event_type, message_id, to_naive_utc(raw_time)

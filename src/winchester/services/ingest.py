@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from winchester.clock import Clock, WallClock
@@ -27,6 +28,7 @@ class Rejected:
     body: Any
     reason: str
     detail: str
+    position: int = 0  # index in the batch it came in
 
 
 @dataclass
@@ -45,6 +47,7 @@ class PreparedBatch:
 
     items: list[IngestItem]
     outcome: BatchOutcome
+    now: datetime
 
 
 @dataclass
@@ -127,11 +130,11 @@ class Ingester:
             raise RuntimeError("this Ingester has no distiller; use add_events")
         outcome = BatchOutcome(received=len(bodies))
         events = []
-        for body in bodies:
+        for position, body in enumerate(bodies):
             try:
                 event = self.distiller.distill_raw(body)
             except NotificationRejected as exc:
-                outcome.rejected.append(Rejected(body, exc.reason, exc.detail))
+                outcome.rejected.append(Rejected(body, exc.reason, exc.detail, position))
                 # Bad input tends to come in floods: warn once per reason, count the rest.
                 first = exc.reason not in self.stats.rejected and not any(
                     r.reason == exc.reason for r in outcome.rejected[:-1])
@@ -142,13 +145,23 @@ class Ingester:
                 outcome.unconverted += 1
             else:
                 events.append(event)
-        return PreparedBatch(self._match(events), outcome)
+        items = self._match(events)
+        return PreparedBatch(items, outcome, self.clock.now())
 
-    def commit(self, batch: PreparedBatch) -> BatchOutcome:
-        """The database half: store a prepared batch in one transaction."""
+    def commit(self, batch: PreparedBatch,
+               dead_letter_source: Callable[[Rejected], str] | None = None) -> BatchOutcome:
+        """The database half: store a prepared batch in one transaction.
+
+        With ``dead_letter_source`` (naming where each rejected notification
+        came from), the rejected ones are kept in the dead-letter table in the
+        same transaction as the batch.
+        """
         outcome = batch.outcome
-        if batch.items:
-            outcome.stored = self.store.ingest(batch.items)
+        letters = [] if dead_letter_source is None else [
+            {"source": dead_letter_source(r), "reason": r.reason, "detail": r.detail, "body": r.body}
+            for r in outcome.rejected]
+        if batch.items or letters:
+            outcome.stored = self.store.ingest(batch.items, letters, batch.now)
             if outcome.stored.duplicates:
                 logger.info("%d duplicate event(s) ignored (message_id already stored), e.g. %s",
                             len(outcome.stored.duplicates), outcome.stored.duplicates[0])
@@ -156,7 +169,7 @@ class Ingester:
         return outcome
 
     def _store(self, events: list[Event], outcome: BatchOutcome) -> None:
-        self.commit(PreparedBatch(self._match(events), outcome))
+        self.commit(PreparedBatch(self._match(events), outcome, self.clock.now()))
 
     def _match(self, events: list[Event]) -> list[IngestItem]:
         items = []

@@ -56,6 +56,13 @@ def _sqlite_time(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat(sep=" ", timespec="microseconds")
 
 
+def _sqlite_high_water(connection: Connection, table: str) -> int:
+    """The largest id the table ever had (AUTOINCREMENT remembers deleted ones)."""
+    return connection.exec_driver_sql(
+        f"SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = '{table}'), 0), "
+        f"coalesce((SELECT max(id) FROM {table}), 0))").scalar() or 0
+
+
 class SQLiteWriter(BulkWriter):
     """SQLite: the writer holds the database lock (BEGIN IMMEDIATE) for the whole batch,
     so existing ids can be read first and new ids assigned without a race."""
@@ -71,7 +78,7 @@ class SQLiteWriter(BulkWriter):
         fresh = [row for row in rows if row[0] not in known]
         if not fresh:
             return {}
-        largest = connection.exec_driver_sql("SELECT max(id) FROM events").scalar() or 0
+        largest = _sqlite_high_water(connection, "events")
         inserted = {row[0]: largest + offset for offset, row in enumerate(fresh, 1)}
         connection.exec_driver_sql(
             "INSERT INTO events (id, message_id, event_type_id, generated, traits) "
@@ -86,7 +93,7 @@ class SQLiteWriter(BulkWriter):
             [(*row[:6], _sqlite_time(row[6])) for row in rows])
 
     def allocate_stream_ids(self, connection: Connection, count: int) -> list[int]:
-        largest = connection.exec_driver_sql("SELECT max(id) FROM streams").scalar() or 0
+        largest = _sqlite_high_water(connection, "streams")
         return list(range(largest + 1, largest + 1 + count))
 
     def insert_streams(self, connection: Connection, rows: Sequence[StreamRow]) -> None:

@@ -53,6 +53,8 @@ events = sa.Table(
     sa.Column("traits", LongText, nullable=False),
     sa.Index(None, "generated"),
     sa.Index(None, "event_type_id", "generated"),
+    # Ids are never reused after a delete (trimming), as on PostgreSQL.
+    sqlite_autoincrement=True,
 )
 
 # Trait value types in event_traits.type.
@@ -106,6 +108,8 @@ streams = sa.Table(
     sa.Index(None, "trigger_name", "dist_key"),
     sa.Index(None, "state", "fire_timestamp"),
     sa.Index(None, "state", "expire_timestamp"),
+    # A purged stream's id must never name another stream later.
+    sqlite_autoincrement=True,
 )
 
 stream_events = sa.Table(

@@ -23,13 +23,13 @@ from winchester.events import Event, decode_value, encode_value
 from winchester.store import _migrate
 from winchester.store._bulk import TraitRow, writer_for
 from winchester.store._engine import create_engine, is_postgresql
+from winchester.store._schema import dead_letters as dead_letters_table
 from winchester.store._schema import (
     KEY_LENGTH,
     TRAIT_DATETIME,
     TRAIT_FLOAT,
     TRAIT_INT,
     TRAIT_TEXT,
-    dead_letters,
     event_traits,
     event_types,
     events,
@@ -259,17 +259,28 @@ class Store:
         """Store events that belong to no trigger (duplicates change nothing)."""
         return self.ingest([IngestItem(event, (), event["timestamp"]) for event in batch])
 
-    def ingest(self, items: Sequence[IngestItem]) -> IngestResult:
+    def ingest(self, items: Sequence[IngestItem],
+               dead_letters: Sequence[Mapping[str, Any]] = (),
+               now: datetime | None = None) -> IngestResult:
         """Store a batch of events and add each to the streams of the triggers it matched.
 
         One transaction, and a constant number of statements for the whole
         batch: insert the events, load the open streams they belong to, close
         the ones that expired, open new ones, update the rest, record membership.
         """
-        if not items:
+        if not items and not dead_letters:
             return IngestResult()
         type_ids = self._event_type_ids_for({item.event["event_type"] for item in items})
-        return self._retrying(self._ingest, items, type_ids)
+        letters = _dead_letter_rows(dead_letters, now or max(
+            (item.now for item in items), default=datetime(1970, 1, 1)))
+
+        def write(connection: Connection) -> IngestResult:
+            result = self._ingest(connection, items, type_ids) if items else IngestResult()
+            if letters:
+                connection.execute(dead_letters_table.insert(), letters)
+            return result
+
+        return self._retrying(write)
 
     def _ingest(self, connection: Connection, items: Sequence[IngestItem],
                 type_ids: Mapping[str, int]) -> IngestResult:
@@ -384,7 +395,8 @@ class Store:
         for chunk in _chunks(closed_ids):
             connection.execute(streams.update().where(streams.c.id.in_(chunk))
                                .values(open_key=None, updated_at=now))
-        new = [stream for stream in pending if stream.id is None]
+        # Sorted, so concurrent ingesters meet the open_key index in the same order.
+        new = sorted((stream for stream in pending if stream.id is None), key=lambda s: s.key)
         changed = [stream for stream in pending if stream.id is not None and stream.members]
         if new:
             for stream, stream_id in zip(new, self._bulk.allocate_stream_ids(connection, len(new)),
@@ -404,20 +416,13 @@ class Store:
 
     def save_dead_letters(self, letters: Sequence[Mapping[str, Any]], now: datetime) -> None:
         """Keep messages that could not be processed: each has source, reason, detail, body."""
-        if not letters:
-            return
-        rows = [{"received_at": now, "source": letter["source"][:KEY_LENGTH],
-                 "reason": letter["reason"][:KEY_LENGTH], "detail": letter.get("detail"),
-                 "body": _as_bytes(letter["body"])} for letter in letters]
-
-        def write(connection: Connection) -> None:
-            connection.execute(dead_letters.insert(), rows)
-
-        self._retrying(write)
+        if letters:
+            self.ingest((), letters, now)
 
     def count_dead_letters(self) -> int:
         with self.engine.connect() as connection:
-            return connection.execute(sa.select(sa.func.count()).select_from(dead_letters)).scalar_one()
+            return connection.execute(
+                sa.select(sa.func.count()).select_from(dead_letters_table)).scalar_one()
 
     # -- reading -----------------------------------------------------------------------
 
@@ -509,6 +514,12 @@ def _traits_json(event: Event) -> str:
               if key != "message_id" and key != "event_type" and key != "timestamp"}
     return orjson.dumps(traits, default=_encode_datetime,
                         option=orjson.OPT_PASSTHROUGH_DATETIME).decode()
+
+
+def _dead_letter_rows(letters: Sequence[Mapping[str, Any]], now: datetime) -> list[dict[str, Any]]:
+    return [{"received_at": now, "source": letter["source"][:KEY_LENGTH],
+             "reason": letter["reason"][:KEY_LENGTH], "detail": letter.get("detail"),
+             "body": _as_bytes(letter["body"])} for letter in letters]
 
 
 def _as_bytes(body: Any) -> bytes:

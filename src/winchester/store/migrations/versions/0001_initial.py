@@ -42,6 +42,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("message_id", name="uq_events_message_id"),
         sa.ForeignKeyConstraint(["event_type_id"], ["event_types.id"],
                                 name="fk_events_event_type_id_event_types"),
+        sqlite_autoincrement=True,
     )
     op.create_index("ix_events_generated", "events", ["generated"])
     op.create_index("ix_events_event_type_id_generated", "events", ["event_type_id", "generated"])
@@ -87,6 +88,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_streams"),
         sa.UniqueConstraint("open_key", name="uq_streams_open_key"),
         sa.CheckConstraint("state IN ('" + "', '".join(STATES) + "')", name="ck_streams_state"),
+        sqlite_autoincrement=True,
     )
     op.create_index("ix_streams_trigger_name_dist_key", "streams", ["trigger_name", "dist_key"])
     op.create_index("ix_streams_state_fire_timestamp", "streams", ["state", "fire_timestamp"])
