@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from winchester.distill._codegen import compile_extractor
 from winchester.distill._convert import ConversionError, parse_datetime
 from winchester.distill._definitions import DefinitionSet, EventDefinition
 from winchester.distill._plugins import plugin_value
@@ -95,6 +96,8 @@ class Distiller:
         self._by_type: dict[str, EventDefinition | None] = {}
         # Searched last to first: general definitions come first in a file.
         self._search_order = tuple(reversed(definitions.definitions))
+        self._extractors = {id(d): compile_extractor(d.plan, _generic_trait)
+                            for d in (*definitions.definitions, definitions.catch_all)}
 
     def definition_for(self, event_type: str) -> EventDefinition | None:
         try:
@@ -131,27 +134,7 @@ class Distiller:
         body = _ceilometer_form(notification, message_id, timestamp) \
             if definition.uses_ceilometer_form else notification
         event: Event = {"message_id": message_id, "event_type": event_type, "timestamp": timestamp}
-        for name, first, convert, is_text, plugin, paths in definition.plan:
-            if plugin is None:
-                value = first(body)
-                if value is None:
-                    continue
-            else:
-                matches = [(path.text, value) for path in paths
-                           for value in path.all(body) if value is not None]
-                try:
-                    value = plugin_value(plugin, matches)
-                except Exception as exc:  # noqa: BLE001 - a plugin bug must not lose the event
-                    self._warn(definition, name, f"plugin raised {type(exc).__name__}: {exc}")
-                    continue
-                if value is None:
-                    continue
-            if value == "" and not is_text:
-                continue
-            try:
-                event[name] = convert(value)
-            except ConversionError as exc:
-                self._warn(definition, name, str(exc))
+        self._extractors[id(definition)](body, event, self._warn, definition)
         self.stats.converted[event_type] += 1
         return event
 
@@ -166,24 +149,56 @@ class Distiller:
                    "%s > trait %r dropped: %s", definition.label, trait, message)
 
 
+def _generic_trait(entry: tuple, body: Mapping[str, Any], event: Event, warn,
+                   definition: EventDefinition) -> None:
+    """One trait the generated extractor does not inline (plugins, full JSONPath)."""
+    name, first, convert, is_text, plugin, paths = entry
+    if plugin is None:
+        value = first(body)
+    else:
+        matches = [(path.text, value) for path in paths
+                   for value in path.all(body) if value is not None]
+        try:
+            value = plugin_value(plugin, matches)
+        except Exception as exc:  # noqa: BLE001 - a plugin bug must not lose the event
+            warn(definition, name, f"plugin raised {type(exc).__name__}: {exc}")
+            return
+    if value is None or (value == "" and not is_text):
+        return
+    try:
+        event[name] = convert(value)
+    except ConversionError as exc:
+        warn(definition, name, str(exc))
+
+
+_NO_METADATA: Mapping[str, Any] = {}
+
+
 def _envelope(notification: Mapping[str, Any]) -> tuple[str, str, datetime]:
-    if not isinstance(notification, Mapping):
+    # type() first: isinstance against the Mapping ABC is slow, and decoded
+    # notifications are plain dicts.
+    if type(notification) is not dict and not isinstance(notification, Mapping):
         raise NotificationRejected("not_an_object", "a notification must be a JSON object, "
                                    f"not {type(notification).__name__}")
-    metadata = notification.get("metadata")
-    metadata = metadata if isinstance(metadata, Mapping) else {}
     event_type = notification.get("event_type")
-    if not isinstance(event_type, str) or not event_type:
+    if type(event_type) is not str or not event_type:
         raise NotificationRejected("no_event_type", "event_type is missing or not a string")
-    message_id = notification.get("message_id", metadata.get("message_id"))
-    if not isinstance(message_id, str) or not message_id:
+    metadata = notification.get("metadata", _NO_METADATA)
+    if not isinstance(metadata, Mapping):
+        metadata = _NO_METADATA
+    message_id = notification.get("message_id")
+    if message_id is None:
+        message_id = metadata.get("message_id")
+    if type(message_id) is not str or not message_id:
         raise NotificationRejected("no_message_id", "message_id is missing or not a string")
     if "\x00" in event_type or "\x00" in message_id:
         raise NotificationRejected("bad_identifier", "event_type or message_id contains NUL")
     if len(event_type) > IDENTIFIER_MAX_LENGTH or len(message_id) > IDENTIFIER_MAX_LENGTH:
         raise NotificationRejected("bad_identifier", f"event_type or message_id is longer than "
                                    f"{IDENTIFIER_MAX_LENGTH} characters")
-    raw_time = notification.get("timestamp", metadata.get("timestamp"))
+    raw_time = notification.get("timestamp")
+    if raw_time is None:
+        raw_time = metadata.get("timestamp")
     if isinstance(raw_time, datetime):
         return event_type, message_id, to_naive_utc(raw_time)
     if not isinstance(raw_time, str):
