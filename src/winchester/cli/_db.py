@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import click
 from alembic.util import CommandError
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from winchester.cli._options import CONFIG_ENV
@@ -43,6 +46,15 @@ def _reported(command):
             sys.exit(1)
 
     return run
+
+
+@contextmanager
+def _engine(url: str) -> Iterator[Engine]:
+    engine = create_engine(url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def _database_url(ctx: click.Context, config_file: str | None) -> str:
@@ -82,13 +94,10 @@ def upgrade_command(ctx: click.Context, revision: str, sql: bool, config_file: s
     if sql:
         click.echo(migration_sql(url, revision))
         return
-    engine = create_engine(url)
-    try:
+    with _engine(url) as engine:
         before = current_revision(engine)
         upgrade(engine, revision)
         after = current_revision(engine)
-    finally:
-        engine.dispose()
     click.echo(f"schema upgraded from {before or 'nothing'} to {after}" if before != after
                else f"schema already at {after}")
 
@@ -106,12 +115,9 @@ def downgrade_command(ctx: click.Context, revision: str, sql: bool, config_file:
         start = head_revision()
         click.echo(migration_sql(url, f"{start}:{revision}", downgrade_to=True))
         return
-    engine = create_engine(url)
-    try:
+    with _engine(url) as engine:
         downgrade(engine, revision)
         click.echo(f"schema downgraded to {current_revision(engine) or 'nothing (base)'}")
-    finally:
-        engine.dispose()
 
 
 @db.command("current")
@@ -120,11 +126,8 @@ def downgrade_command(ctx: click.Context, revision: str, sql: bool, config_file:
 @_reported
 def current_command(ctx: click.Context, config_file: str | None) -> None:
     """Print the schema revision of the database (and whether it is current)."""
-    engine = create_engine(_database_url(ctx, config_file))
-    try:
+    with _engine(_database_url(ctx, config_file)) as engine:
         revision = current_revision(engine)
-    finally:
-        engine.dispose()
     head = head_revision()
     if revision is None:
         click.echo(f"no schema (head is {head}); run `winchester db upgrade`")
@@ -149,12 +152,9 @@ def history_command(ctx: click.Context, config_file: str | None) -> None:
 @_reported
 def stamp_command(ctx: click.Context, revision: str, config_file: str | None) -> None:
     """Record REVISION as the schema's version without running migrations."""
-    engine = create_engine(_database_url(ctx, config_file))
-    try:
+    with _engine(_database_url(ctx, config_file)) as engine:
         stamp(engine, revision)
         click.echo(f"schema stamped at {current_revision(engine)}")
-    finally:
-        engine.dispose()
 
 
 def winchester_db() -> None:

@@ -114,19 +114,21 @@ def check_configuration(config_file: str | Path) -> CheckReport:
     report.settings = settings
     report.problems.extend(settings.warnings)
 
-    definitions_report = FileReport(key="distiller_config", path=None)
-    report.files.append(definitions_report)
-    try:
-        definitions = load_event_definitions(settings)
-    except ConfigError as exc:
-        definitions_report.problems.extend(exc.problems)
-    else:
-        definitions_report.path = Path(definitions.file_name)
-        definitions_report.summary = f"{len(definitions)} event definitions"
-        definitions_report.problems.extend(definitions.warnings)
+    for key, loader, noun in (("distiller_config", load_event_definitions, "event definitions"),
+                              ("trigger_definitions", load_trigger_definitions, "triggers")):
+        file_report = FileReport(key=key, path=None)
+        report.files.append(file_report)
+        try:
+            loaded = loader(settings)
+        except ConfigError as exc:
+            file_report.problems.extend(exc.problems)
+        else:
+            file_report.path = Path(loaded.file_name)
+            file_report.summary = f"{len(loaded)} {noun}"
+            file_report.problems.extend(loaded.warnings)
 
     pipelines_report = FileReport(key="pipeline_config", path=None)
-    report.files.append(pipelines_report)
+    report.files.insert(1, pipelines_report)
     try:
         path, data, warnings = settings.read_yaml("pipeline_config")
     except ConfigError as exc:
@@ -138,16 +140,6 @@ def check_configuration(config_file: str | Path) -> CheckReport:
         pipelines_report.summary = check_pipelines(data, collect, settings)
         pipelines_report.problems.extend(collect.problems)
 
-    triggers_report = FileReport(key="trigger_definitions", path=None)
-    report.files.append(triggers_report)
-    try:
-        triggers = load_trigger_definitions(settings)
-    except ConfigError as exc:
-        triggers_report.problems.extend(exc.problems)
-    else:
-        triggers_report.path = Path(triggers.file_name)
-        triggers_report.summary = f"{len(triggers)} triggers"
-        triggers_report.problems.extend(triggers.warnings)
     if settings.logging_config:
         file_report = FileReport(key="logging_config", path=None, summary="logging configuration")
         report.files.append(file_report)
