@@ -81,7 +81,7 @@ def test_check_reports_every_problem_not_only_the_first(etc_copy):
     result = run("check", "-c", str(winchester))
     assert result.exit_code == 1
     assert "unknown handler 'no_such_handler'" in result.output
-    assert "pipeline 'usage_audit' > entry #1" in result.output
+    assert "pipeline 'usage_audit' > entry #2 (no_such_handler)" in result.output
     assert "trigger 'usage_audit' > expire_pipeline: unknown pipeline 'usage_missing_exists'" in result.output
     assert "bogus_key: unknown key, ignored" in result.output
 

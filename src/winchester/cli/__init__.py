@@ -22,7 +22,10 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "db": ("winchester.cli._db", "db", "Create and migrate the database schema."),
     "ingest-file": ("winchester.cli._ingest_file", "ingest_file",
                     "Ingest captured notifications from a JSON-lines file or stdin."),
+    "streams": ("winchester.cli._streams", "streams", "List streams; retry failed ones."),
     "version": ("winchester.cli._version", "version", "Print the Winchester version."),
+    "worker": ("winchester.cli._worker", "worker",
+               "Fire and expire due streams, running their pipelines."),
 }
 
 

@@ -15,16 +15,9 @@ from rich.table import Table
 from winchester.cli._inputs import numbered_lines, open_lines
 from winchester.cli._options import config_option
 from winchester.clock import make_clock
-from winchester.config import (
-    build_distiller,
-    load_settings,
-    load_trigger_definitions,
-    open_store,
-)
-from winchester.errors import ConfigError, WinchesterError
-from winchester.logs import configure_logging
+from winchester.cli._setup import open_parts
+from winchester.errors import WinchesterError
 from winchester.services.ingest import Ingester
-from winchester.store import SchemaError
 
 
 @click.command("ingest-file")
@@ -49,19 +42,8 @@ def ingest_file(config_file: str, source: str, clock_kind: str, batch_size: int,
     wall time, week-old events would find their streams already expired.
     """
     console = Console(stderr=True, highlight=False, soft_wrap=True)
-    try:
-        settings = load_settings(config_file)
-        configure_logging(settings)
-        distiller = build_distiller(settings)
-        triggers = load_trigger_definitions(settings)
-        store = open_store(settings, triggers)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            console.print(f"{problem.severity}: {problem}", markup=False)
-        sys.exit(2)
-    except (SchemaError, SQLAlchemyError, WinchesterError) as exc:
-        console.print(f"error: {exc}", markup=False)
-        sys.exit(2)
+    parts = open_parts(config_file, console, distiller=True)
+    store, triggers, distiller = parts.store, parts.triggers, parts.distiller
 
     clock = make_clock(clock_kind)
     ingester = Ingester(store, triggers, distiller, clock)

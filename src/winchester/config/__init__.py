@@ -7,6 +7,7 @@ handed the pieces it needs.
 from winchester.config._components import (
     build_distiller,
     load_event_definitions,
+    load_pipeline_definitions,
     load_trigger_definitions,
     open_store,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "Settings",
     "build_distiller",
     "load_event_definitions",
+    "load_pipeline_definitions",
     "load_trigger_definitions",
     "open_store",
     "load_settings",

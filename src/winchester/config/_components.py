@@ -7,6 +7,7 @@ from dataclasses import replace
 from winchester.config._settings import Settings
 from winchester.distill import DefinitionSet, Distiller, available_plugins, load_definitions
 from winchester.errors import ConfigError, Problem
+from winchester.pipelines import HandlerRegistry, PipelineSet, load_pipelines
 from winchester.store import Store
 from winchester.triggers import TriggerSet, load_triggers
 
@@ -52,6 +53,21 @@ def load_trigger_definitions(settings: Settings, check_pipelines: bool = True) -
     except ConfigError as exc:
         raise ConfigError([*yaml_warnings, *exc.problems]) from None
     return replace(triggers, warnings=(*yaml_warnings, *triggers.warnings))
+
+
+def load_pipeline_definitions(settings: Settings) -> PipelineSet:
+    """Read ``pipeline_config`` and build every handler entry once (bad entries are refused).
+
+    Raises :class:`ConfigError` listing every problem, each naming the
+    pipeline and the entry.
+    """
+    path, data, yaml_warnings = settings.read_yaml("pipeline_config")
+    try:
+        pipelines = load_pipelines(data, str(path), HandlerRegistry(settings.pipeline_handlers))
+    except ConfigError as exc:
+        raise ConfigError([*yaml_warnings, *exc.problems]) from None
+    pipelines.warnings = (*yaml_warnings, *pipelines.warnings)
+    return pipelines
 
 
 def indexed_traits(settings: Settings, triggers: TriggerSet) -> set[str]:

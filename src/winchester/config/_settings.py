@@ -157,6 +157,12 @@ KEYS: tuple[Key, ...] = (
         help="Streams a worker claims at a time."),
     Key("pipeline_worker_delay", _non_negative_number, 10,
         help="Seconds a worker sleeps when it finds no stream to process."),
+    Key("pipeline_worker_lease", _positive_number, 300,
+        help="Seconds a worker's claim on a stream lasts; a stream left claimed longer (its "
+             "worker died) is taken over by another worker."),
+    Key("pipeline_worker_max_attempts", _positive_int, 5,
+        help="Claims of a stream whose workers all died before finishing it, after which it goes "
+             "to an error state instead of being retried again."),
     Key("purge_completed_streams", _boolean, True,
         help="Delete streams once their pipeline has completed (false keeps them as `completed`)."),
     Key("trim_events", _boolean, False, help="Delete old events that belong to no active stream."),
@@ -193,6 +199,8 @@ class Settings:
     statistics_period: float
     pipeline_worker_batch_size: int
     pipeline_worker_delay: float
+    pipeline_worker_lease: float
+    pipeline_worker_max_attempts: int
     purge_completed_streams: bool
     trim_events: bool
     trim_events_age: str

@@ -16,6 +16,7 @@ from winchester.store._migrate import (
     upgrade,
 )
 from winchester.store._schema import STREAM_STATES, metadata
+from winchester.store._work import FIRE, EXPIRE, RESET_STATES, ClaimedStream, StreamOutcome
 from winchester.store._store import (
     IngestItem,
     IngestResult,
@@ -25,7 +26,12 @@ from winchester.store._store import (
 )
 
 __all__ = [
+    "EXPIRE",
+    "FIRE",
+    "RESET_STATES",
     "STREAM_STATES",
+    "ClaimedStream",
+    "StreamOutcome",
     "IngestItem",
     "IngestResult",
     "SchemaError",

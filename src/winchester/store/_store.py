@@ -19,11 +19,12 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from winchester.errors import TimexEvaluationError, WinchesterError
-from winchester.events import Event, decode_value, encode_value
+from winchester.events import Event, encode_value
 from winchester.store import _migrate
 from winchester.store._bulk import TraitRow, writer_for
 from winchester.store._engine import create_engine, is_postgresql
 from winchester.store._schema import dead_letters as dead_letters_table
+from winchester.store._work import WorkQueue, event_from_columns
 from winchester.store._schema import (
     KEY_LENGTH,
     TRAIT_DATETIME,
@@ -130,7 +131,7 @@ class _PendingStream:
         self.created_at = created_at
 
 
-class Store:
+class Store(WorkQueue):
     """Events and streams in SQL (SQLite or PostgreSQL).
 
     ``indexed_traits`` names the traits copied into the typed, indexed
@@ -486,10 +487,7 @@ class Store:
 
 
 def _event_from_row(row) -> Event:
-    event: Event = {"message_id": row[0], "event_type": row[1], "timestamp": row[2]}
-    for name, value in orjson.loads(row[3]).items():
-        event[name] = decode_value(name, value)
-    return event
+    return event_from_columns(*row)
 
 
 def _stream_from_row(row) -> StreamRecord:

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from datetime import datetime
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from winchester.cli._options import config_option
+from winchester.cli._setup import open_parts
+from winchester.clock import FixedClock
+from winchester.errors import WinchesterError
+from winchester.events import to_naive_utc
+from winchester.services.worker import Worker, build_worker
+
+
+def _timestamp(_ctx, _param, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return to_naive_utc(datetime.fromisoformat(value.strip()))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 timestamp "
+                                 "(e.g. 2015-02-04T00:00:00 or 2015-02-04 00:00:00Z)") from None
+
+
+@click.command("worker")
+@config_option
+@click.option("--name", default=lambda: f"{socket.gethostname()}-{os.getpid()}",
+              show_default="HOST-PID", help="This worker's name, in logs and on the streams it claims.")
+@click.option("--once", is_flag=True, help="Process everything due now, then exit.")
+@click.option("--now", "now", metavar="TIMESTAMP", callback=_timestamp,
+              help="With --once: take this UTC time as now (catching up on captured data, tests).")
+@click.option("--batch-size", type=click.IntRange(1, 100_000),
+              help="Streams claimed at a time [default: pipeline_worker_batch_size].")
+@click.option("--delay", type=click.FloatRange(0),
+              help="Seconds to sleep when idle [default: pipeline_worker_delay].")
+def worker(config_file: str, name: str, once: bool, now: datetime | None, batch_size: int | None,
+           delay: float | None) -> None:
+    """Fire and expire due streams, running their pipelines (the original pipeline_worker).
+
+    Run as many as you like, on any hosts, against the same database: each
+    stream is claimed by exactly one of them. SIGTERM or SIGINT stops a
+    worker after the stream it is running; nothing is left half-done.
+    """
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    if now is not None and not once:
+        raise click.UsageError("--now needs --once (a running worker takes its time from the clock)")
+    parts = open_parts(config_file, console, pipelines=True)
+    runner = build_worker(parts.settings, parts.store, parts.triggers, parts.pipelines, name=name,
+                          clock=FixedClock(now) if now is not None else None,
+                          batch_size=batch_size, delay=delay)
+    previous = {sig: signal.signal(sig, lambda *_: runner.stop())
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        if once:
+            processed = runner.run_until_idle()
+            _summary(Console(highlight=False, soft_wrap=True), runner, processed)
+        else:
+            runner.run()
+    except WinchesterError as exc:
+        console.print(f"error: {exc}", markup=False)
+        sys.exit(1)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        parts.store.close()
+
+
+def _summary(console: Console, runner: Worker, processed: int) -> None:
+    stats = runner.stats
+    console.print(f"worker {runner.name}: {processed:,} stream(s) processed: {stats.fired:,} fired, "
+                  f"{stats.expired:,} expired, {sum(stats.errors.values()):,} failed, "
+                  f"{stats.generated:,} event(s) generated, {stats.trimmed:,} event(s) trimmed")
+    if stats.by_trigger:
+        table = Table(title="Streams", title_justify="left")
+        table.add_column("trigger")
+        table.add_column("action")
+        table.add_column("streams", justify="right")
+        table.add_column("failed", justify="right")
+        for key in sorted(stats.by_trigger):
+            trigger, action = key.rsplit(" ", 1)
+            table.add_row(trigger, action, f"{stats.by_trigger[key]:,}", f"{stats.errors[key]:,}")
+        console.print(table)
+    if stats.errors:
+        console.print("failed streams are in state error / expire_error with the reason; "
+                      "`winchester streams list --state error` shows them and "
+                      "`winchester streams reset` retries them", markup=False)
+
+
+def pipeline_worker() -> None:
+    """Entry point of the ``pipeline_worker`` console script (the original's name)."""
+    worker(prog_name="pipeline_worker")
+
+
+__all__ = ["pipeline_worker", "worker"]

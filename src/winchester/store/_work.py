@@ -1,0 +1,288 @@
+"""The workers' queue: claiming due streams, finishing them, trimming old events.
+
+A stream moves ``active``/``retry_*`` -> ``firing``/``expiring`` when a worker
+claims it, and from there to ``completed`` (or is deleted) or to
+``error``/``expire_error``. Every move bumps ``state_serial``; claims and
+finishes are conditional on it, so two workers can never both own a stream,
+and a worker whose lease lapsed (another worker took the stream over) finds
+its finish refused instead of overwriting the newer owner's work.
+
+Claims are leases: ``claim_expires`` is the wall-clock time after which
+another worker may take the stream over. On PostgreSQL candidates are locked
+``FOR UPDATE SKIP LOCKED``, so concurrent workers claim disjoint batches
+instead of queueing behind each other; on SQLite the write transaction is
+exclusive anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from winchester.events import Event, decode_value
+from winchester.store._schema import event_types, events, stream_events, streams
+from winchester.triggers import distinguishing_from_json
+
+FIRE, EXPIRE = "fire", "expire"
+
+# action -> (states due by time, the claimed state, the error state, the retry state)
+_ACTIONS = {
+    FIRE: (("active", "retry_fire"), "firing", "error", "retry_fire"),
+    EXPIRE: (("active", "retry_expire"), "expiring", "expire_error", "retry_expire"),
+}
+# Where reset sends an error stream.
+RESET_STATES = {"error": "retry_fire", "expire_error": "retry_expire"}
+# Streams whose events trimming must keep (they may still run a pipeline).
+_FINISHED_STATES = ("completed",)
+
+
+@dataclass(frozen=True)
+class ClaimedStream:
+    """A stream a worker holds: what it needs to run the stream's pipeline."""
+
+    id: int
+    action: str              # "fire" or "expire"
+    trigger_name: str
+    serial: int              # state_serial as claimed: the finish is conditional on it
+    previous_state: str
+    distinguishing_traits: dict[str, Any]
+    first_event: datetime
+    last_event: datetime
+    event_count: int
+    attempts: int
+
+
+@dataclass(frozen=True)
+class StreamOutcome:
+    """How a claimed stream's run ended: ``error`` None means success."""
+
+    stream: ClaimedStream
+    error: str | None = None
+
+
+class WorkQueue:
+    """The worker side of :class:`winchester.store.Store` (mixed into it)."""
+
+    # Provided by Store, with _retrying (run a write transaction, retrying what a retry cures).
+    engine: Any
+    _postgresql: bool
+
+    def claim_streams(self, action: str, worker: str, now: datetime, wall_now: datetime,
+                      lease_until: datetime, limit: int, max_attempts: int = 5,
+                      ) -> list[ClaimedStream]:
+        """Claim up to ``limit`` streams due for ``action`` at ``now``; one transaction.
+
+        Due: for ``fire``, fire_timestamp passed in ``active``/``retry_fire``;
+        for ``expire``, expire_timestamp passed in ``retry_expire``, or in
+        ``active`` when the stream is not ready to fire (a stream whose fire
+        criteria are met fires, however late, and never expires). Streams in
+        ``firing``/``expiring`` whose lease lapsed before ``wall_now`` are
+        taken over, unless they already had ``max_attempts``: those go to the
+        error state instead (a stream that kills every worker running it must
+        not do so forever).
+        """
+        due_states, claimed_state, error_state, _ = _ACTIONS[action]
+
+        def claim(connection: Connection) -> list[ClaimedStream]:
+            lapsed = self._candidates(connection, (streams.c.state == claimed_state)
+                                      & (streams.c.claim_expires < wall_now),
+                                      streams.c.claim_expires, limit)
+            abandoned = [(i, s) for i, s, _, attempts in lapsed if attempts >= max_attempts]
+            if abandoned:
+                connection.execute(
+                    streams.update().where(sa.tuple_(streams.c.id, streams.c.state_serial).in_(abandoned))
+                    .values(state=error_state, state_serial=streams.c.state_serial + 1,
+                            claimed_by=None, claim_expires=None, updated_at=now,
+                            last_error=f"abandoned after {max_attempts} attempts: every worker "
+                                       "that claimed it stopped before finishing (lease expired)"))
+            candidates = [row for row in lapsed if row[3] < max_attempts]
+            if len(candidates) < limit:
+                if action == FIRE:
+                    due = streams.c.state.in_(due_states) & (streams.c.fire_timestamp <= now)
+                    order = streams.c.fire_timestamp
+                else:
+                    due = (((streams.c.state == "active") & streams.c.fire_timestamp.is_(None))
+                           | (streams.c.state == "retry_expire")) & (streams.c.expire_timestamp <= now)
+                    order = streams.c.expire_timestamp
+                candidates += self._candidates(connection, due, order, limit - len(candidates))
+            if not candidates:
+                return []
+            previous = {row[0]: row[2] for row in candidates}
+            claimed = []
+            for chunk in _chunks([(row[0], row[1]) for row in candidates]):
+                rows = connection.execute(
+                    streams.update()
+                    .where(sa.tuple_(streams.c.id, streams.c.state_serial).in_(chunk))
+                    .values(state=claimed_state, state_serial=streams.c.state_serial + 1,
+                            open_key=None, claimed_by=worker, claim_expires=lease_until,
+                            attempts=streams.c.attempts + 1, updated_at=now)
+                    .returning(streams.c.id, streams.c.trigger_name, streams.c.state_serial,
+                               streams.c.distinguishing_traits, streams.c.first_event,
+                               streams.c.last_event, streams.c.event_count, streams.c.attempts))
+                claimed.extend(ClaimedStream(
+                    id=row.id, action=action, trigger_name=row.trigger_name, serial=row.state_serial,
+                    previous_state=previous[row.id],
+                    distinguishing_traits=distinguishing_from_json(orjson.loads(row.distinguishing_traits)),
+                    first_event=row.first_event, last_event=row.last_event,
+                    event_count=row.event_count, attempts=row.attempts) for row in rows)
+            claimed.sort(key=lambda stream: stream.id)
+            return claimed
+
+        return self._retrying(claim)
+
+    def _candidates(self, connection: Connection, condition, order, limit: int) -> list[tuple]:
+        query = (sa.select(streams.c.id, streams.c.state_serial, streams.c.state, streams.c.attempts)
+                 .where(condition).order_by(order, streams.c.id).limit(limit))
+        if self._postgresql:
+            # Rows another worker is claiming are skipped, not waited for.
+            query = query.with_for_update(skip_locked=True)
+        return [tuple(row) for row in connection.execute(query)]
+
+    def load_stream_events(self, stream_ids: Sequence[int]) -> dict[int, list[Event]]:
+        """The events of several streams, each list in timestamp order (ties by arrival)."""
+        found: dict[int, list[Event]] = {stream_id: [] for stream_id in stream_ids}
+        with self.engine.connect() as connection:
+            type_names = dict(connection.execute(sa.select(event_types.c.id, event_types.c.name)).all())
+            for chunk in _chunks(sorted(stream_ids)):
+                rows = connection.execute(
+                    sa.select(stream_events.c.stream_id, events.c.message_id, events.c.event_type_id,
+                              events.c.generated, events.c.traits)
+                    .join(events, stream_events.c.event_id == events.c.id)
+                    .where(stream_events.c.stream_id.in_(chunk))
+                    .order_by(stream_events.c.stream_id, events.c.generated, events.c.id))
+                for stream_id, message_id, type_id, generated, traits in rows:
+                    found[stream_id].append(
+                        event_from_columns(message_id, type_names[type_id], generated, traits))
+        return found
+
+    def finish_streams(self, worker: str, outcomes: Sequence[StreamOutcome], now: datetime,
+                       purge_completed: bool) -> list[int]:
+        """Record how claimed streams ended; one transaction.
+
+        Success -> ``completed`` (or the stream is deleted with
+        ``purge_completed``); failure -> ``error``/``expire_error`` with the
+        reason. Returns the ids whose claim this worker no longer held (its
+        lease lapsed and another worker took the stream): nothing is written
+        for those.
+        """
+        def finish(connection: Connection) -> list[int]:
+            done: set[int] = set()
+            succeeded = [(o.stream.id, o.stream.serial) for o in outcomes if o.error is None]
+            held = (streams.c.claimed_by == worker)
+            for chunk in _chunks(succeeded):
+                owned = sa.tuple_(streams.c.id, streams.c.state_serial).in_(chunk) & held
+                if purge_completed:
+                    statement = streams.delete().where(owned)
+                else:
+                    statement = streams.update().where(owned).values(
+                        state="completed", state_serial=streams.c.state_serial + 1, claimed_by=None,
+                        claim_expires=None, last_error=None, updated_at=now)
+                done.update(connection.execute(statement.returning(streams.c.id)).scalars())
+            for outcome in outcomes:
+                if outcome.error is None:
+                    continue
+                stream = outcome.stream
+                done.update(connection.execute(
+                    streams.update()
+                    .where(streams.c.id == stream.id, streams.c.state_serial == stream.serial, held)
+                    .values(state=_ACTIONS[stream.action][2], state_serial=streams.c.state_serial + 1,
+                            claimed_by=None, claim_expires=None, last_error=outcome.error[:4000],
+                            updated_at=now)
+                    .returning(streams.c.id)).scalars())
+            return [o.stream.id for o in outcomes if o.stream.id not in done]
+
+        return self._retrying(finish)
+
+    def release_streams(self, worker: str, claimed: Sequence[ClaimedStream], now: datetime) -> None:
+        """Give back streams claimed but not run (the worker is stopping).
+
+        They return to the state they were claimed from (a lapsed claim to
+        the retry state), so the next worker runs them at once.
+        """
+        def release(connection: Connection) -> None:
+            for stream in claimed:
+                due_states, _, _, retry_state = _ACTIONS[stream.action]
+                state = stream.previous_state if stream.previous_state in due_states else retry_state
+                connection.execute(
+                    streams.update()
+                    .where(streams.c.id == stream.id, streams.c.state_serial == stream.serial,
+                           streams.c.claimed_by == worker)
+                    .values(state=state, state_serial=streams.c.state_serial + 1, claimed_by=None,
+                            claim_expires=None, attempts=streams.c.attempts - 1, updated_at=now))
+
+        if claimed:
+            self._retrying(release)
+
+    def reset_streams(self, stream_ids: Iterable[int] | None, now: datetime) -> dict[int, str]:
+        """Move error streams to ``retry_fire``/``retry_expire``; None means every error stream.
+
+        Returns the id -> new state of the streams moved (streams not in an
+        error state are left alone and are absent from the result).
+        """
+        def reset(connection: Connection) -> dict[int, str]:
+            moved: dict[int, str] = {}
+            for error_state, retry_state in RESET_STATES.items():
+                condition = streams.c.state == error_state
+                statement = streams.update().values(
+                    state=retry_state, state_serial=streams.c.state_serial + 1, attempts=0,
+                    claimed_by=None, claim_expires=None, updated_at=now).returning(streams.c.id)
+                if stream_ids is None:
+                    moved.update((i, retry_state) for i in connection.execute(statement.where(condition)).scalars())
+                else:
+                    for chunk in _chunks(sorted(set(stream_ids))):
+                        moved.update((i, retry_state) for i in connection.execute(
+                            statement.where(condition & streams.c.id.in_(chunk))).scalars())
+            return moved
+
+        return self._retrying(reset)
+
+    def trim_events(self, older_than: datetime, limit: int) -> int:
+        """Delete up to ``limit`` events older than ``older_than`` that no live stream holds.
+
+        Events of completed streams go (their membership rows with them);
+        events of any stream that may still run a pipeline stay.
+        """
+        def trim(connection: Connection) -> int:
+            live = (sa.select(stream_events.c.event_id)
+                    .join(streams, streams.c.id == stream_events.c.stream_id)
+                    .where(stream_events.c.event_id == events.c.id,
+                           streams.c.state.not_in(_FINISHED_STATES)))
+            query = (sa.select(events.c.id).where(events.c.generated < older_than, ~live.exists())
+                     .order_by(events.c.generated, events.c.id).limit(limit))
+            if self._postgresql:
+                query = query.with_for_update(skip_locked=True)
+            ids = list(connection.execute(query).scalars())
+            if ids:
+                connection.execute(events.delete().where(events.c.id.in_(ids)))
+            return len(ids)
+
+        return self._retrying(trim)
+
+    def count_streams_by_state(self) -> dict[str, int]:
+        with self.engine.connect() as connection:
+            return dict(connection.execute(
+                sa.select(streams.c.state, sa.func.count()).group_by(streams.c.state)).all())
+
+    def stream_errors(self, stream_ids: Sequence[int]) -> dict[int, str | None]:
+        with self.engine.connect() as connection:
+            return dict(connection.execute(
+                sa.select(streams.c.id, streams.c.last_error).where(streams.c.id.in_(stream_ids))).all())
+
+
+
+def event_from_columns(message_id: str, event_type: str, generated: datetime, traits: str) -> Event:
+    event: Event = {"message_id": message_id, "event_type": event_type, "timestamp": generated}
+    for name, value in orjson.loads(traits).items():
+        event[name] = decode_value(name, value)
+    return event
+
+
+def _chunks(values: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
