@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,3 +21,25 @@ def real_data_dir() -> Path:
     if not path.is_dir():
         sys.exit(f"real data not found at {path}; set WINCHESTER_REAL_DATA")
     return path
+
+
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@contextmanager
+def database(kind: str):
+    """A URL of an empty database: an SQLite file in a temporary directory, or a fresh PostgreSQL schema."""
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="winchester-bench-") as directory:
+            yield f"sqlite:///{directory}/winchester.db"
+        return
+    import psycopg
+
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES, autocommit=True) as connection:
+        connection.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(POSTGRES, autocommit=True) as connection:
+            connection.execute(f'DROP SCHEMA "{schema}" CASCADE')

@@ -24,13 +24,10 @@ import os
 import resource
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
-from _common import ROOT
+from _common import ROOT, database
 from workload import Workload, WorkloadSpec
 
 from winchester.clock import EventClock
@@ -43,7 +40,6 @@ from winchester.config import (
 from winchester.services.ingest import Ingester
 from winchester.store import create_engine, upgrade
 
-POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -54,25 +50,6 @@ def current_rss_mb() -> float:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-@contextmanager
-def database(kind: str):
-    """A URL of an empty database: an SQLite file in a temporary directory, or a fresh PostgreSQL schema."""
-    if kind == "sqlite":
-        with tempfile.TemporaryDirectory(prefix="winchester-bench-") as directory:
-            yield f"sqlite:///{directory}/winchester.db"
-        return
-    import psycopg
-
-    schema = f"bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(POSTGRES, autocommit=True) as connection:
-        connection.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(POSTGRES, autocommit=True) as connection:
-            connection.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 def run(kind: str, args: argparse.Namespace) -> dict:

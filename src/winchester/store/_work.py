@@ -149,13 +149,24 @@ class WorkQueue:
         found: dict[int, list[Event]] = {stream_id: [] for stream_id in stream_ids}
         with self.engine.connect() as connection:
             type_names = dict(connection.execute(sa.select(event_types.c.id, event_types.c.name)).all())
+            if self._postgresql:
+                # Each member looked up by primary key: a batch's streams hold a
+                # sliver of all events, but PostgreSQL's planner tends to hash-join
+                # the whole events table instead.
+                source = sa.lateral(sa.select(events.c.id, events.c.message_id, events.c.event_type_id,
+                                              events.c.generated, events.c.traits)
+                                    .where(events.c.id == stream_events.c.event_id))
+                joined = stream_events.join(source, sa.true())
+            else:
+                source = events
+                joined = stream_events.join(events, stream_events.c.event_id == events.c.id)
             for chunk in _chunks(sorted(stream_ids)):
                 rows = connection.execute(
-                    sa.select(stream_events.c.stream_id, events.c.message_id, events.c.event_type_id,
-                              events.c.generated, events.c.traits)
-                    .join(events, stream_events.c.event_id == events.c.id)
+                    sa.select(stream_events.c.stream_id, source.c.message_id, source.c.event_type_id,
+                              source.c.generated, source.c.traits)
+                    .select_from(joined)
                     .where(stream_events.c.stream_id.in_(chunk))
-                    .order_by(stream_events.c.stream_id, events.c.generated, events.c.id))
+                    .order_by(stream_events.c.stream_id, source.c.generated, source.c.id))
                 for stream_id, message_id, type_id, generated, traits in rows:
                     found[stream_id].append(
                         event_from_columns(message_id, type_names[type_id], generated, traits))
@@ -278,8 +289,12 @@ class WorkQueue:
 
 def event_from_columns(message_id: str, event_type: str, generated: datetime, traits: str) -> Event:
     event: Event = {"message_id": message_id, "event_type": event_type, "timestamp": generated}
-    for name, value in orjson.loads(traits).items():
-        event[name] = decode_value(name, value)
+    decoded = orjson.loads(traits)
+    event.update(decoded)
+    # Only datetimes are stored as objects; every other value is already final.
+    for name, value in decoded.items():
+        if value.__class__ is dict:
+            event[name] = decode_value(name, value)
     return event
 
 
