@@ -23,9 +23,10 @@ the same notifications, byte for byte.
 
 ``broken_fraction`` makes that fraction of the instances send one deliberately
 inconsistent end-of-day ``.exists`` (for their first day): a ``launched_at``
-that differs from the day's create/rebuild/resize end event, a ``deleted_at``
-while the instance is active, or no ``.exists`` at all. Each is recorded in
-``Workload.truth.broken``.
+that differs from the day's rebuild (on the first full day, for an instance
+born during the run), a ``deleted_at`` while the instance is active, or no
+``.exists`` at all. Each is recorded in ``Workload.truth.broken``, which is
+what the usage audit must find.
 """
 
 from __future__ import annotations
@@ -434,12 +435,18 @@ class Workload:
         end = midnight + DAY
         for inst in self._alive:
             self._today.append(inst)
-            self._plan_existing(out, inst, midnight, end, breaking=first and inst.broken is not None)
+            self._plan_existing(out, inst, midnight, end,
+                                breaking=inst.broken is not None and inst.first_day == midnight.date())
         births = min(spec.instances - len(self._alive),
                      max(1, math.ceil(spec.instances * MAX_BIRTHS_PER_DAY)))
         for _ in range(max(0, births)):
             start = midnight + timedelta(seconds=rng.uniform(30, 86_400 - MAX_SECONDS["create"] - 60))
             inst = self._new_instance(midnight.date(), start)
+            if inst.broken == "launched_at_mismatch":
+                # Its wrong launched_at goes on the .exists of its first full day,
+                # which has a rebuild to disagree with (create.end is not an
+                # operation the usage audit compares launched_at against).
+                inst.first_day = midnight.date() + DAY
             self._today.append(inst)
             self._plan_birth(out, inst, start, end)
         return out
@@ -465,6 +472,10 @@ class Workload:
                 # is about launched_at) with a launch event in the stream to disagree with
                 operations = (["rebuild"] if inst.broken == "launched_at_mismatch"
                               else [name for name in operations if name != "power_off"])
+                if inst.broken == "missing_exists" and not operations:
+                    # A day without a single notification has no stream whose
+                    # missing .exists anybody could notice.
+                    operations = ["update"]
             if rng.random() < DELETE_RATE and not breaking:
                 operations.append("delete")
         elif inst.state == "stopped":
@@ -703,11 +714,12 @@ class Workload:
     def _op_rebuild(self, out, inst: _Instance, t: datetime) -> datetime:
         rng = self._rng
         ctx = self._context(inst, t)
-        if rng.random() < 0.5:
-            inst.image = self._pick_image(inst.tenant, inst.flavor)
+        image = self._pick_image(inst.tenant, inst.flavor) if rng.random() < 0.5 else inst.image
         self._update(out, t, inst, ctx, "active", "rebuilding")
         t = self._after(t, 0.2, 3)
+        # The audit of the period so far still bills the image being replaced.
         self._mid_period_exists(out, inst, t, ctx)
+        inst.image = image
         t = self._after(t, 0.01, 0.5)
         self._emit(out, t, "compute.instance.rebuild.start", inst, ctx,
                    {"image_name": inst.image.name})

@@ -180,7 +180,9 @@ def test_broken_fraction_is_recorded():
     workload = Workload(spec)
     notifications = list(workload.notifications())
     truth = workload.truth
-    assert abs(len(truth.broken) - truth.instances * 0.1) <= 1
+    # Exact up to rounding, less a launched_at break deferred past the last day
+    # (an instance born then would have broken on its first full day).
+    assert truth.instances * 0.1 - 2 <= len(truth.broken) <= truth.instances * 0.1 + 1
     assert {b.kind for b in truth.broken.values()} == set(BROKEN_KINDS)
     audits = {}
     launches = {}

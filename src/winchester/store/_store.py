@@ -474,6 +474,23 @@ class Store(WorkQueue):
         with self.engine.connect() as connection:
             return connection.execute(query).scalar_one()
 
+    def count_events_by_type(self) -> dict[str, int]:
+        with self.engine.connect() as connection:
+            return dict(connection.execute(
+                sa.select(event_types.c.name, sa.func.count(events.c.id))
+                .join(events, events.c.event_type_id == event_types.c.id)
+                .group_by(event_types.c.name)).all())
+
+    def find_events(self, event_type: str | None = None, limit: int | None = None) -> list[Event]:
+        """Events (of one type), oldest first."""
+        query = (sa.select(events.c.message_id, event_types.c.name, events.c.generated, events.c.traits)
+                 .join(event_types, events.c.event_type_id == event_types.c.id)
+                 .order_by(events.c.generated, events.c.id).limit(limit))
+        if event_type is not None:
+            query = query.where(event_types.c.name == event_type)
+        with self.engine.connect() as connection:
+            return [_event_from_row(row) for row in connection.execute(query)]
+
     def find_events_by_trait(self, name: str, value: Any) -> list[str]:
         """Message ids of events whose indexed trait ``name`` equals ``value``."""
         column = {str: event_traits.c.t_string, int: event_traits.c.t_int,
