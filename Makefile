@@ -23,8 +23,12 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 
 venv: $(VENV)/.installed
 
+# Check the configuration, create or upgrade the schema, then run a worker
+# (Ctrl-C stops it).
 run: $(VENV)/.installed
 	$(BIN)/winchester check -c $(CONFIG)
+	$(BIN)/winchester db upgrade -c $(CONFIG)
+	$(BIN)/winchester worker -c $(CONFIG)
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

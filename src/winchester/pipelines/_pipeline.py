@@ -65,16 +65,19 @@ class Pipeline:
             for entry in self.entries:
                 entry_name = entry.name
                 handlers.append(entry.build())
-            current = "handle_events"
+            received = {event["message_id"] for event in events}
             working = list(events)
             for entry, handler in zip(self.entries, handlers, strict=True):
                 entry_name = entry.name
+                current = "handle_events"
                 working = handler.handle_events(working, env)
                 if not isinstance(working, list):
                     raise TypeError(f"handle_events returned {type(working).__name__}, not a list")
-            current = "checking the events returned by"
-            result.generated = _generated(events, working, env)
+                # Checked after each handler, so a bad event is blamed on the one that added it.
+                current = "checking the events returned by"
+                working = _with_new_events_checked(received, working, env)
             result.events = working
+            result.generated = [event for event in working if event["message_id"] not in received]
         except Exception as exc:  # noqa: BLE001 - any handler failure fails the run, not the worker
             result.error = f"{current} {entry_name!r} in pipeline {self.name!r}: {type(exc).__name__}: {exc}"
             logger.warning("stream %s: %s", env.get("stream_id"), result.error,
@@ -100,14 +103,17 @@ def _call_quietly(handler: Any, method: str, pipeline: str, env: Mapping[str, An
     return None
 
 
-def _generated(received: list[Event], returned: list[Event], env: Mapping[str, Any]) -> list[Event]:
-    """The returned events that are new: validated, with deterministic ids where missing."""
-    known = {event["message_id"] for event in received}
-    generated = []
+def _with_new_events_checked(received: set[str], returned: list[Any],
+                             env: Mapping[str, Any]) -> list[Event]:
+    """``returned`` with every event the stream did not hold validated, and named if unnamed."""
+    checked: list[Event] = []
+    new = 0
     for position, event in enumerate(returned):
         message_id = event.get("message_id") if isinstance(event, Mapping) else None
-        if message_id in known:
+        if message_id in received:
+            checked.append(event)
             continue
+        new += 1
         if isinstance(event, Mapping) and message_id is None:
             # A handler that did not name its event: name it after the stream,
             # its place in the list and its type, which a re-run repeats.
@@ -115,12 +121,12 @@ def _generated(received: list[Event], returned: list[Event], env: Mapping[str, A
             event["message_id"] = str(uuid.uuid5(
                 GENERATED_ID_NAMESPACE, f"{env.get('stream_id')}/#{position}/{event.get('event_type')}"))
         try:
-            event = make_event(event)
+            checked.append(make_event(event))
         except EventError as exc:
-            raise EventError(exc.key, f"{exc.reason} (generated event #{position})") from None
-        known.add(event["message_id"])
-        generated.append(event)
-    return generated
+            raise EventError(exc.key, f"{exc.reason} (generated event #{new}, "
+                                      f"{event.get('event_type') if isinstance(event, Mapping) else event!r})"
+                             ) from None
+    return checked
 
 
 class PipelineSet(Mapping[str, Pipeline]):
@@ -172,8 +178,12 @@ def load_pipelines(data: Any, file_name: str, registry: HandlerRegistry) -> Pipe
         for index, entry in enumerate(entries):
             where = f"{label} > entry #{index + 1}"
             params: Any = {}
+            name = entry.get("name") if isinstance(entry, Mapping) else entry
+            if not isinstance(name, str) or not name:
+                error(where, "must be a handler name or {name: ..., params: {...}}", entries, index)
+                continue
+            where = f"{where} ({name})"
             if isinstance(entry, Mapping):
-                name = entry.get("name")
                 params = entry.get("params") or {}
                 for extra in sorted(set(entry) - {"name", "params"}):
                     error(f"{where} > {extra}", "unknown field (an entry has name and params)",
@@ -182,12 +192,6 @@ def load_pipelines(data: Any, file_name: str, registry: HandlerRegistry) -> Pipe
                     error(f"{where} > params", "must be a mapping of parameter name to value",
                           entry, "params")
                     continue
-            else:
-                name = entry
-            if not isinstance(name, str) or not name:
-                error(where, "must be a handler name or {name: ..., params: {...}}", entries, index)
-                continue
-            where = f"{where} ({name})"
             try:
                 factory = registry.resolve(name)
             except UnknownHandler as exc:
