@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from winchester.config import DATABASE_URL_ENV, KEYS, load_settings
+from winchester.config._settings import SECTIONS
 from winchester.errors import ConfigError
 from winchester.logs import configure_logging
 
@@ -170,6 +171,9 @@ def test_every_key_has_help_and_a_readme_entry():
     for key in KEYS:
         assert key.help, key.name
         assert f"`{key.name}`" in readme, f"README does not document {key.name}"
+    for section, fields in SECTIONS.items():
+        for field in fields:
+            assert f"`{section}.{field.name}`" in readme, f"README does not document {section}.{field.name}"
 
 
 @pytest.fixture
@@ -218,3 +222,33 @@ def test_copied_example_directory_works_anywhere(tmp_path, monkeypatch):
     settings = load_settings(tmp_path / "etc" / "winchester.yaml", environ={})
     for key in ("distiller_config", "trigger_definitions", "pipeline_config"):
         assert settings.read_yaml(key)[0].parent == tmp_path / "etc"
+
+
+def test_sections_default_when_absent(tmp_path):
+    """Without bus/intake/persistor/api sections every field has its documented default."""
+    settings = load_settings(write(tmp_path, MINIMAL), environ={})
+    assert settings.bus_url == "memory://"
+    assert settings.intake.exchanges[0] == "nova" and settings.intake.queue == ""
+    assert settings.intake.durable is False and settings.persistor.queue == "winchester-persistor"
+    assert settings.api.port == 8000 and settings.archive_retention is None
+
+
+def test_section_values_are_validated_with_their_line(tmp_path):
+    """A wrong value inside a section names section.key and its line; all problems are listed."""
+    text = MINIMAL + "intake:\n  batch_size: lots\n  priorities: [info, loud]\napi:\n  port: 99999\n"
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text), environ={})
+    problems = {p.where: p for p in caught.value.problems}
+    assert problems["intake.batch_size"].line == 5
+    assert "loud" in problems["intake.priorities"].message
+    assert problems["api.port"].line == 8
+
+
+def test_unknown_section_keys_warn_and_the_bus_url_can_come_from_the_environment(tmp_path):
+    """An unknown key in a section is a warning naming it; WINCHESTER_BUS_URL overrides bus.url."""
+    text = MINIMAL + "bus:\n  url: memory://\n  urll: x\nintake:\n  queue: mine\n  durable: true\n"
+    settings = load_settings(write(tmp_path, text),
+                             environ={"WINCHESTER_BUS_URL": "amqp://guest:guest@broker:5672//"})
+    assert [w.where for w in settings.warnings] == ["bus.urll"]
+    assert settings.bus_url == "amqp://guest:guest@broker:5672//"
+    assert settings.intake.queue == "mine" and settings.intake.durable is True

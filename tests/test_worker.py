@@ -459,3 +459,30 @@ def test_the_loop_survives_a_database_outage(tmp_path, caplog):
     assert sleeps == [1.0, 2.0, 4.0]
     assert runner.stats.database_errors == 3
     assert "database unavailable" in caplog.text
+
+
+@pytest.mark.postgres
+def test_the_worker_reconnects_after_postgresql_drops_its_connections(postgres_url):
+    """Every pooled connection killed by the server between loops: the next loop reconnects and works."""
+    import psycopg
+    import sqlalchemy as sa
+
+    from winchester.store import create_engine, upgrade
+
+    engine = create_engine(postgres_url)
+    upgrade(engine)
+    engine.dispose()
+    store = Store.from_url(postgres_url, ["instance_id"])
+    triggers = make_triggers()
+    ingest(store, triggers, [event("first", "compute.end", instance="a")])
+    runner = worker(store, triggers, pipelines(on_fire=[]), T0 + timedelta(hours=1))
+    assert runner.run_until_idle() == 1
+    with store.engine.connect() as connection:
+        backend = connection.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+    admin = postgres_url.split("?")[0].replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin, autocommit=True) as connection:
+        assert connection.execute("SELECT pg_terminate_backend(%s)", (backend,)).fetchone()[0]
+    ingest(store, triggers, [event("second", "compute.end", instance="b")])
+    assert runner.run_until_idle() == 1
+    assert sorted(states(store).values()) == ["completed", "completed"]
+    store.close()

@@ -19,6 +19,7 @@ from winchester._yaml import parse_yaml, position_of
 from winchester.errors import ConfigError, Problem, TimexSyntaxError
 
 DATABASE_URL_ENV = "WINCHESTER_DATABASE_URL"
+BUS_URL_ENV = "WINCHESTER_BUS_URL"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # simport syntax, as the original used: "module.path:ClassName", optionally
 # preceded by "directory|" to add that directory to the import path.
@@ -116,6 +117,41 @@ def _database(value: Any) -> str | None:
     return None
 
 
+def _text_list(value: Any) -> str | None:
+    if isinstance(value, list) and value and all(isinstance(item, str) and item for item in value):
+        return None
+    return f"must be a non-empty list of names, not {_describe(value)}"
+
+
+def _string(value: Any) -> str | None:
+    return None if isinstance(value, str) else f"must be a string, not {_describe(value)}"
+
+
+def _port(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        return f"must be a port number (0-65535), not {_describe(value)}"
+    return None
+
+
+def _priorities(value: Any) -> str | None:
+    problem = _text_list(value)
+    if problem:
+        return problem
+    unknown = [p for p in value if p not in NOTIFICATION_PRIORITIES]
+    if unknown:
+        return f"has unknown priorities {unknown} (known: {', '.join(NOTIFICATION_PRIORITIES)})"
+    return None
+
+
+def _optional_time_expression(value: Any) -> str | None:
+    return None if value is None else _time_expression(value)
+
+
+def _section(value: Any) -> str | None:
+    # Each field is checked on its own (with its line) by the loader.
+    return None if isinstance(value, Mapping) else f"must be a mapping, not {_describe(value)}"
+
+
 def _describe(value: Any) -> str:
     if value is None:
         return "nothing (null)"
@@ -134,6 +170,56 @@ class Key:
     default: Any = None
     required: bool = False
     help: str = ""
+
+
+@dataclass(frozen=True)
+class SubKey:
+    """One key of a section (``intake: {batch_size: ...}``)."""
+
+    name: str
+    validate: Validator
+    default: Any
+    help: str = ""
+
+
+# oslo.messaging's notification priorities, lower case as in routing keys.
+NOTIFICATION_PRIORITIES = ("audit", "debug", "info", "warn", "error", "critical", "sample")
+
+SECTIONS: dict[str, tuple[SubKey, ...]] = {
+    "bus": (
+        SubKey("url", _text, "memory://",
+               "`memory://` (in-process, the embedded default) or `amqp://user:pass@host:port/vhost`."),
+    ),
+    "intake": (
+        SubKey("exchanges", _text_list,
+               ["nova", "cinder", "neutron", "glance", "heat", "keystone", "openstack"],
+               "Exchanges OpenStack services publish their notifications to."),
+        SubKey("topic", _text, "notifications", "oslo.messaging notification topic."),
+        SubKey("priorities", _priorities, ["info", "warn", "error"],
+               "Priorities consumed (routing keys `<topic>.<priority>`)."),
+        SubKey("queue", _string, "",
+               "Empty: consume the publishers' own queues `<topic>.<priority>` (shared with other "
+               "consumers of them); a name: one queue of that name bound to every exchange and "
+               "priority (a private copy, shared by every ingest process)."),
+        SubKey("durable", _boolean, False,
+               "Declare exchanges and queues durable. Must match the publishers "
+               "(oslo.messaging's `amqp_durable_queues`, default false)."),
+        SubKey("batch_size", _positive_int, 1000, "Notifications per ingest transaction."),
+        SubKey("batch_seconds", _positive_number, 1.0,
+               "A batch is written at the latest this long after its first notification arrived."),
+    ),
+    "persistor": (
+        SubKey("queue", _text, "winchester-persistor",
+               "The persistor's own queue, bound to every intake exchange and priority."),
+        SubKey("batch_size", _positive_int, 1000, "Notifications archived per transaction."),
+        SubKey("batch_seconds", _positive_number, 1.0,
+               "An archive batch is written at the latest this long after its first notification."),
+    ),
+    "api": (
+        SubKey("host", _text, "127.0.0.1", "Address the HTTP API listens on."),
+        SubKey("port", _port, 8000, "Port the HTTP API listens on."),
+    ),
+}
 
 
 KEYS: tuple[Key, ...] = (
@@ -177,10 +263,45 @@ KEYS: tuple[Key, ...] = (
     Key("logging_config", _optional_text, None,
         help="A logging configuration file (`.ini`/`.conf` fileConfig, `.yaml`/`.json` dictConfig); "
              "replaces `log_level`."),
+    Key("bus", _section, None,
+        help="The message bus: `url`. The `WINCHESTER_BUS_URL` environment variable overrides it."),
+    Key("intake", _section, None,
+        help="Consuming OpenStack notifications from the bus: `exchanges`, `topic`, `priorities`, "
+             "`queue`, `durable`, `batch_size`, `batch_seconds`."),
+    Key("persistor", _section, None,
+        help="Archiving every raw notification: `queue`, `batch_size`, `batch_seconds`."),
+    Key("archive_retention", _optional_time_expression, None,
+        help="Time expression: archived notifications received before it are deleted "
+             "(e.g. `$timestamp - 90d`). Off by default: the archive keeps everything."),
+    Key("api", _section, None, help="The HTTP API and intake: `host`, `port`."),
     Key("time_sync_endpoint", _optional_text, None,
         help="Accepted from old configurations; the built-in event clock replaces the time-sync service."),
 )
 KEYS_BY_NAME = {key.name: key for key in KEYS}
+
+
+@dataclass(frozen=True)
+class IntakeSettings:
+    exchanges: tuple[str, ...] = tuple(SECTIONS["intake"][0].default)
+    topic: str = "notifications"
+    priorities: tuple[str, ...] = ("info", "warn", "error")
+    queue: str = ""
+    durable: bool = False
+    batch_size: int = 1000
+    batch_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
+class PersistorSettings:
+    queue: str = "winchester-persistor"
+    batch_size: int = 1000
+    batch_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
 
 
 @dataclass(frozen=True)
@@ -209,7 +330,18 @@ class Settings:
     log_level: str
     logging_config: str | None
     time_sync_endpoint: str | None
+    archive_retention: str | None = None
+    bus_url: str = "memory://"
+    intake: IntakeSettings = None  # type: ignore[assignment]
+    persistor: PersistorSettings = None  # type: ignore[assignment]
+    api: ApiSettings = None  # type: ignore[assignment]
     warnings: tuple[Problem, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name, kind in (("intake", IntakeSettings), ("persistor", PersistorSettings),
+                           ("api", ApiSettings)):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, kind())
 
     @property
     def file_name(self) -> str:
@@ -332,6 +464,23 @@ def settings_from_mapping(data: Any, *, source: Path | None, environ: Mapping[st
         for name in database:
             if name != "url":
                 warnings.append(problem("database", "unknown key, ignored", "warning", subkey=name))
+    sections: dict[str, dict[str, Any]] = {}
+    for section, fields in SECTIONS.items():
+        given = data.get(section)
+        given = given if isinstance(given, Mapping) else {}
+        known = {field.name: field for field in fields}
+        sections[section] = {field.name: field.default for field in fields}
+        for name, value in given.items():
+            field = known.get(name)
+            if field is None:
+                warnings.append(problem(section, f"unknown key, ignored (known: {', '.join(known)})",
+                                        "warning", subkey=name))
+                continue
+            message = field.validate(value)
+            if message:
+                problems.append(problem(section, message, subkey=name))
+            else:
+                sections[section][name] = value
     if problems:
         raise ConfigError(problems)
 
@@ -352,7 +501,15 @@ def settings_from_mapping(data: Any, *, source: Path | None, environ: Mapping[st
 
     database_url = environ.get(DATABASE_URL_ENV) or (
         (values["database"] or {}).get("url") or default_database_url(cwd))
-    plain = {name: value for name, value in values.items() if name not in ("database", "config_path")}
+    plain = {name: value for name, value in values.items()
+             if name not in ("database", "config_path", *SECTIONS)}
+    intake = dict(sections["intake"])
+    intake["exchanges"] = tuple(intake["exchanges"])
+    intake["priorities"] = tuple(intake["priorities"])
+    plain["intake"] = IntakeSettings(**intake)
+    plain["persistor"] = PersistorSettings(**sections["persistor"])
+    plain["api"] = ApiSettings(**sections["api"])
+    plain["bus_url"] = environ.get(BUS_URL_ENV) or sections["bus"]["url"]
     plain["log_level"] = plain["log_level"].lower()
     plain["pipeline_handlers"] = dict(plain["pipeline_handlers"])
     plain["distiller_trait_plugins"] = dict(plain["distiller_trait_plugins"])
