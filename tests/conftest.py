@@ -127,3 +127,26 @@ def postgres_url() -> Iterator[str]:
     """A private PostgreSQL schema (for tests that only make sense on PostgreSQL)."""
     with postgres_schema_url() as url:
         yield url
+
+
+# --- message broker ----------------------------------------------------------------------
+
+AMQP_URL = os.environ.get("WINCHESTER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+def rabbitmq_problem() -> str | None:
+    from kombu import Connection
+
+    try:
+        with Connection(AMQP_URL, connect_timeout=3) as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0)
+    except Exception as exc:  # noqa: BLE001 - any failure means "not usable here"
+        return f"RabbitMQ is not reachable at {AMQP_URL}: {type(exc).__name__}: {exc}"
+    return None
+
+
+@pytest.fixture
+def amqp_url() -> str:
+    """The real RabbitMQ's URL (skips locally, fails in CI, when it is not reachable)."""
+    require_service(rabbitmq_problem())
+    return AMQP_URL

@@ -702,7 +702,7 @@ def test_distill_command_refuses_a_bad_configuration(tmp_path):
 ])
 def test_generated_extractors_equal_the_general_code(real_data, definitions_file):
     """The compiled per-definition extractor gives exactly the general trait-by-trait result."""
-    from winchester.distill._distiller import _envelope, _generic_trait
+    from winchester.distill._distiller import read_envelope, _generic_trait
 
     path = real_data / definitions_file
     data, _ = parse_yaml(path.read_text(), str(path))
@@ -716,7 +716,7 @@ def test_generated_extractors_equal_the_general_code(real_data, definitions_file
                 event = distiller.distill(notification)
             except NotificationRejected:
                 continue
-            event_type, message_id, timestamp = _envelope(notification)
+            event_type, message_id, timestamp = read_envelope(notification)
             definition = distiller.definition_for(event_type)
             body = notification
             if definition.uses_ceilometer_form:

@@ -185,17 +185,22 @@ def run_cli(*args, env=None):
     return CliRunner().invoke(main, list(args), catch_exceptions=False, env=env)
 
 
+HEAD = "0002"
+
+
 def test_db_commands_manage_the_schema(database_url):
     """db upgrade / current / history / downgrade / stamp work against a configured database."""
     env = {"WINCHESTER_DATABASE_URL": database_url}
     config = str(CONFIG)
     assert run_cli("db", "current", "-c", config, env=env).exit_code == 1
     result = run_cli("db", "upgrade", "-c", config, env=env)
-    assert result.exit_code == 0 and "schema upgraded from nothing to 0001" in result.output
-    assert run_cli("db", "current", "-c", config, env=env).output.strip() == "0001 (head)"
-    assert "base -> 0001" in run_cli("db", "history", "-c", config, env=env).output
+    assert result.exit_code == 0 and f"schema upgraded from nothing to {HEAD}" in result.output
+    assert run_cli("db", "current", "-c", config, env=env).output.strip() == f"{HEAD} (head)"
+    history = run_cli("db", "history", "-c", config, env=env).output
+    assert "base -> 0001" in history and f"0001 -> {HEAD}" in history
+    assert "downgraded to 0001" in run_cli("db", "downgrade", "0001", "-c", config, env=env).output
     assert "downgraded to nothing" in run_cli("db", "downgrade", "base", "-c", config, env=env).output
-    assert "stamped at 0001" in run_cli("db", "stamp", "head", "-c", config, env=env).output
+    assert f"stamped at {HEAD}" in run_cli("db", "stamp", "head", "-c", config, env=env).output
 
 
 def test_db_upgrade_sql_prints_instead_of_running(tmp_path):
@@ -213,7 +218,7 @@ def test_original_winchester_db_command_line(tmp_path):
     result = subprocess.run([str(script), "-c", str(CONFIG), "upgrade", "head"],
                             capture_output=True, text=True, env=env, check=False)
     assert result.returncode == 0, result.stderr
-    assert "schema upgraded from nothing to 0001" in result.stdout
+    assert f"schema upgraded from nothing to {HEAD}" in result.stdout
 
 
 def test_ingest_file_command(tmp_path, migrated_url):

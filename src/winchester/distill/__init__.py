@@ -27,6 +27,7 @@ from winchester.distill._distiller import (
     Distiller,
     NotificationRejected,
     decode_notification,
+    read_envelope,
 )
 from winchester.distill._fields import FieldPathError, compile_path
 from winchester.distill._plugins import (
@@ -65,4 +66,5 @@ __all__ = [
     "import_object",
     "load_definitions",
     "parse_datetime",
+    "read_envelope",
 ]

@@ -123,7 +123,7 @@ class Distiller:
 
     def distill(self, notification: Mapping[str, Any]) -> Event | None:
         try:
-            event_type, message_id, timestamp = _envelope(notification)
+            event_type, message_id, timestamp = read_envelope(notification)
         except NotificationRejected as exc:
             self.stats.rejected[exc.reason] += 1
             raise
@@ -174,7 +174,8 @@ def _generic_trait(entry: tuple, body: Mapping[str, Any], event: Event, warn,
 _NO_METADATA: Mapping[str, Any] = {}
 
 
-def _envelope(notification: Mapping[str, Any]) -> tuple[str, str, datetime]:
+def read_envelope(notification: Mapping[str, Any]) -> tuple[str, str, datetime]:
+    """``(event_type, message_id, timestamp)`` of a decoded notification; NotificationRejected if unusable."""
     # type() first: isinstance against the Mapping ABC is slow, and decoded
     # notifications are plain dicts.
     if type(notification) is not dict and not isinstance(notification, Mapping):

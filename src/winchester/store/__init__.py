@@ -16,6 +16,7 @@ from winchester.store._migrate import (
     upgrade,
 )
 from winchester.store._schema import STREAM_STATES, metadata
+from winchester.store._archive import ARCHIVED, REJECTED, ArchivedNotification, ArchiveResult
 from winchester.store._work import FIRE, EXPIRE, RESET_STATES, ClaimedStream, StreamOutcome
 from winchester.store._store import (
     IngestItem,
@@ -26,6 +27,10 @@ from winchester.store._store import (
 )
 
 __all__ = [
+    "ARCHIVED",
+    "REJECTED",
+    "ArchiveResult",
+    "ArchivedNotification",
     "EXPIRE",
     "FIRE",
     "RESET_STATES",

@@ -130,8 +130,10 @@ archive = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("reason", sa.Text),
     sa.Column("body", Blob, nullable=False),
+    sa.Column("publisher_id", sa.String(KEY_LENGTH)),
     sa.Index(None, "generated"),
     sa.Index(None, "event_type", "generated"),
+    sa.Index(None, "received_at"),
 )
 
 # Messages that could not be processed, kept with the reason (never dropped silently).

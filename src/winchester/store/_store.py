@@ -24,6 +24,7 @@ from winchester.store import _migrate
 from winchester.store._bulk import TraitRow, writer_for
 from winchester.store._engine import create_engine, is_postgresql
 from winchester.store._schema import dead_letters as dead_letters_table
+from winchester.store._archive import ArchiveStore
 from winchester.store._work import WorkQueue, event_from_columns
 from winchester.store._schema import (
     KEY_LENGTH,
@@ -131,7 +132,7 @@ class _PendingStream:
         self.created_at = created_at
 
 
-class Store(WorkQueue):
+class Store(WorkQueue, ArchiveStore):
     """Events and streams in SQL (SQLite or PostgreSQL).
 
     ``indexed_traits`` names the traits copied into the typed, indexed

@@ -1,0 +1,251 @@
+"""Consuming OpenStack notifications from RabbitMQ the way oslo.messaging listeners do.
+
+Exchanges are topic exchanges named per service (``nova``, ``glance``...);
+notifications are routed with ``<topic>.<priority>``. Without a queue name the
+consumer reads the queues the publishers themselves create (``notifications.info``
+...), competing with any other consumer of them, as an oslo listener without
+a pool does; with a name, it reads one queue of that name bound to every
+exchange and priority (a private copy, shared by every process using the name).
+
+Messages are taken in batches (by size, or by age of the oldest) and
+acknowledged only after the batch handler returned, i.e. after what it stored
+has committed. A crash or a lost connection before that leaves them
+unacknowledged, and the broker delivers them again; the stores recognise the
+duplicates by ``message_id``.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kombu import Connection, Consumer, Exchange, Queue, binding
+
+from winchester.errors import WinchesterError
+
+logger = logging.getLogger(__name__)
+
+MAX_BACKOFF = 30.0
+
+
+class IntakeError(WinchesterError):
+    """The broker refused our exchanges or queues (fix the configuration)."""
+
+
+class _Abandoned(Exception):
+    """Stopping while a batch could not be stored: leave it unacknowledged."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message as received: the raw body and where it came from."""
+
+    body: bytes
+    exchange: str
+    routing_key: str
+    redelivered: bool
+
+
+@dataclass
+class ConsumerStats:
+    received: int = 0
+    batches: int = 0
+    acknowledged: int = 0
+    reconnects: int = 0
+    handler_failures: int = 0
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """Which exchanges, routing keys and queues to consume."""
+
+    exchanges: Sequence[str]
+    topic: str = "notifications"
+    priorities: Sequence[str] = ("info", "warn", "error")
+    queue: str = ""           # empty: the publishers' queues "<topic>.<priority>"
+    durable: bool = False
+
+    def routing_keys(self) -> list[str]:
+        return [f"{self.topic}.{priority}" for priority in self.priorities]
+
+    def declarations(self) -> tuple[list[Exchange], list[Queue]]:
+        exchanges = [Exchange(name, type="topic", durable=self.durable, auto_delete=False)
+                     for name in self.exchanges]
+        if self.queue:
+            queues = [Queue(self.queue, durable=self.durable, auto_delete=False, bindings=[
+                binding(exchange, routing_key=key) for exchange in exchanges
+                for key in self.routing_keys()])]
+        else:
+            queues = [Queue(key, durable=self.durable, auto_delete=False,
+                            bindings=[binding(exchange, routing_key=key) for exchange in exchanges])
+                      for key in self.routing_keys()]
+        return exchanges, queues
+
+
+BatchHandler = Callable[[list[Delivery]], None]
+
+
+class NotificationConsumer:
+    """Feeds batches of raw notifications to ``handle_batch``; acks after it returns.
+
+    ``handle_batch`` must either store the whole batch (committed) or raise;
+    when it raises the batch stays unacknowledged and is offered again after
+    a back-off (the database may be down), for as long as it takes.
+    """
+
+    def __init__(self, url: str, subscription: Subscription, handle_batch: BatchHandler, *,
+                 batch_size: int = 1000, batch_seconds: float = 1.0, name: str = "intake",
+                 connect_timeout: float = 5.0, sleep: Callable[[float], Any] | None = None):
+        self.url = url
+        self.subscription = subscription
+        self.handle_batch = handle_batch
+        self.batch_size = batch_size
+        self.batch_seconds = batch_seconds
+        self.name = name
+        self.connect_timeout = connect_timeout
+        self.stats = ConsumerStats()
+        self._stopping = threading.Event()
+        self._sleep = sleep or self._stopping.wait
+        self._batch: list[tuple[Delivery, Any]] = []
+        self._batch_started = 0.0
+        self.ready = threading.Event()  # set once declared and consuming (tests, serve)
+        probe = Connection(url)
+        self._recoverable = (OSError, *probe.recoverable_connection_errors,
+                             *probe.recoverable_channel_errors)
+        self._safe_url = probe.as_uri()  # kombu masks the password
+        # Only AMQP honours "acknowledge everything up to here"; the virtual
+        # transports (memory://) acknowledge one message per call.
+        self._ack_multiple = probe.transport.driver_type == "amqp"
+
+    def stop(self) -> None:
+        """Stop consuming; the batch in hand is still handled and acknowledged (signal-safe)."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def safe_url(self) -> str:
+        return self._safe_url
+
+    def run(self) -> None:
+        """Consume until :meth:`stop`; connection losses are waited out with back-off.
+
+        Raises :class:`IntakeError` when the broker refuses a declaration
+        (typically a durability mismatch with the publishers).
+        """
+        backoff = 1.0
+        while not self.stopping:
+            try:
+                with Connection(self.url, connect_timeout=self.connect_timeout) as connection:
+                    connection.ensure_connection(max_retries=1)
+                    backoff = 1.0
+                    self._consume(connection)
+                    return
+            except _Abandoned:
+                logger.warning("%s: stopped with %d unstored message(s) left unacknowledged "
+                               "(the broker delivers them again)", self.name, len(self._batch))
+                self._batch.clear()
+                return
+            except self._recoverable as exc:
+                # Unacknowledged messages go back to the queue with the connection.
+                dropped = len(self._batch)
+                self._batch.clear()
+                self.stats.reconnects += 1
+                self.stats.last_error = str(exc)
+                self.ready.clear()
+                logger.warning("%s: lost the broker at %s (%s: %s)%s; reconnecting in %.0fs",
+                               self.name, self.safe_url(), type(exc).__name__, exc,
+                               f"; {dropped} unacknowledged message(s) will be redelivered"
+                               if dropped else "", backoff)
+                self._sleep(backoff)
+                backoff = min(MAX_BACKOFF, backoff * 2)
+
+    def _consume(self, connection: Connection) -> None:
+        channel = connection.channel()
+        self._declare(connection, channel)
+        _, queues = self.subscription.declarations()
+        # Enough prefetch for a full batch plus the next one arriving meanwhile.
+        channel.basic_qos(0, min(65535, self.batch_size * 2), False)
+        with Consumer(channel, queues, on_message=self._on_message, no_ack=False):
+            logger.info("%s: consuming %s from %s", self.name,
+                        ", ".join(queue.name for queue in queues), self.safe_url())
+            self.ready.set()
+            while not self.stopping:
+                wait = 1.0
+                if self._batch:
+                    wait = self._batch_started + self.batch_seconds - time.monotonic()
+                    if wait <= 0 or len(self._batch) >= self.batch_size:
+                        self._flush()
+                        continue
+                try:
+                    connection.drain_events(timeout=min(wait, 1.0))
+                except socket.timeout:
+                    pass
+                if len(self._batch) >= self.batch_size:
+                    self._flush()
+            # Stop receiving, then finish what is in hand.
+        if self._batch:
+            self._flush()
+
+    def _declare(self, connection: Connection, channel) -> None:
+        exchanges, queues = self.subscription.declarations()
+        for entity in (*exchanges, *queues):
+            kind = "exchange" if isinstance(entity, Exchange) else "queue"
+            try:
+                entity.maybe_bind(channel)
+                entity.declare()
+            except connection.channel_errors as exc:
+                if "PRECONDITION_FAILED" in str(exc) or getattr(exc, "reply_code", None) == 406:
+                    raise IntakeError(
+                        f"the broker at {self.safe_url()} refused to declare {kind} {entity.name!r} "
+                        f"with durable={self.subscription.durable}: it already exists with other "
+                        f"properties ({exc}). Set intake.durable to match the publishers "
+                        "(oslo.messaging's amqp_durable_queues)") from None
+                raise
+
+    def _on_message(self, message) -> None:
+        if not self._batch:
+            self._batch_started = time.monotonic()
+        info = message.delivery_info
+        body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
+        self._batch.append((Delivery(body, info.get("exchange", ""), info.get("routing_key", ""),
+                                     bool(info.get("redelivered"))), message))
+        self.stats.received += 1
+
+    def _flush(self) -> None:
+        batch = self._batch
+        deliveries = [delivery for delivery, _ in batch]
+        backoff = 1.0
+        while True:
+            try:
+                self.handle_batch(deliveries)
+                break
+            except Exception as exc:  # noqa: BLE001 - the batch stays unacknowledged; retry
+                self.stats.handler_failures += 1
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                logger.error("%s: could not store a batch of %d (%s); retrying in %.0fs", self.name,
+                             len(deliveries), self.stats.last_error, backoff,
+                             exc_info=not isinstance(exc, WinchesterError))
+                if self.stopping:
+                    raise _Abandoned from exc
+                self._sleep(backoff)
+                backoff = min(MAX_BACKOFF, backoff * 2)
+        if self._ack_multiple:
+            # One acknowledgement covers the whole batch (all came on this channel).
+            batch[-1][1].ack(multiple=True)
+        else:
+            for _, message in batch:
+                message.ack()
+        self.stats.acknowledged += len(batch)
+        self.stats.batches += 1
+        self._batch = []
+
+
+__all__ = ["ConsumerStats", "Delivery", "IntakeError", "NotificationConsumer", "Subscription"]

@@ -1,0 +1,129 @@
+"""`winchester ingest` and `winchester persistor`: notifications from the broker into the store.
+
+Both consume OpenStack notifications with :class:`NotificationConsumer`
+(batches, acknowledged only after they are committed). Ingest distils and
+matches them into events and streams; the persistor keeps every raw
+notification, as received, in the archive. They use separate queues: the
+persistor's own (``persistor.queue``) gets a copy of everything, whatever
+ingest does.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from winchester.clock import Clock, WallClock
+from winchester.config._settings import IntakeSettings, PersistorSettings
+from winchester.distill import NotificationRejected, decode_notification, read_envelope
+from winchester.services._consumer import Delivery, NotificationConsumer, Subscription
+from winchester.services.ingest import Ingester
+from winchester.store import ARCHIVED, REJECTED, Store
+from winchester.timex import parse as parse_timex
+
+logger = logging.getLogger(__name__)
+
+# How often the persistor applies archive_retention.
+RETENTION_INTERVAL = 60.0
+
+
+def subscription(intake: IntakeSettings, queue: str | None = None) -> Subscription:
+    """What to consume: the intake's exchanges and priorities, on its queue or ``queue``."""
+    return Subscription(exchanges=intake.exchanges, topic=intake.topic, priorities=intake.priorities,
+                        queue=intake.queue if queue is None else queue, durable=intake.durable)
+
+
+class IngestService:
+    """Notifications from the broker -> events and streams, a committed batch at a time."""
+
+    def __init__(self, url: str, intake: IntakeSettings, ingester: Ingester, name: str = "ingest"):
+        self.ingester = ingester
+        self.consumer = NotificationConsumer(url, subscription(intake), self.store_batch,
+                                             batch_size=intake.batch_size,
+                                             batch_seconds=intake.batch_seconds, name=name)
+
+    def store_batch(self, deliveries: Sequence[Delivery]) -> None:
+        # Rejected notifications go to the dead letters in the batch's own transaction.
+        prepared = self.ingester.prepare([delivery.body for delivery in deliveries])
+        self.ingester.commit(prepared, dead_letter_source=lambda rejected: _source(
+            deliveries[rejected.position]))
+
+    def run(self) -> None:
+        self.consumer.run()
+
+    def stop(self) -> None:
+        self.consumer.stop()
+
+
+class Persistor:
+    """Every raw notification from the broker -> the archive (duplicates skipped by message_id)."""
+
+    def __init__(self, url: str, intake: IntakeSettings, settings: PersistorSettings, store: Store, *,
+                 retention: str | None = None, clock: Clock | None = None, name: str = "persistor"):
+        self.store = store
+        self.clock = clock or WallClock()
+        self.retention = parse_timex(retention) if retention else None
+        self.archived = 0
+        self.duplicates = 0
+        self.trimmed = 0
+        self._next_trim = 0.0
+        self.consumer = NotificationConsumer(url, subscription(intake, settings.queue), self.store_batch,
+                                             batch_size=settings.batch_size,
+                                             batch_seconds=settings.batch_seconds, name=name)
+
+    def store_batch(self, deliveries: Sequence[Delivery]) -> None:
+        now = self.clock.now()
+        result = self.store.archive_notifications([archive_row(d.body, now) for d in deliveries])
+        self.archived += result.archived
+        self.duplicates += result.duplicates
+        if self.retention is not None and time.monotonic() >= self._next_trim:
+            self._next_trim = time.monotonic() + RETENTION_INTERVAL
+            self.trim(now)
+
+    def trim(self, now: datetime) -> int:
+        """Apply ``archive_retention``: delete what was received before it."""
+        if self.retention is None:
+            return 0
+        result = self.retention(now=now)
+        cutoff = getattr(result, "timestamp", None) or result.begin
+        trimmed = 0
+        while batch := self.store.trim_archive(cutoff):
+            trimmed += batch
+        if trimmed:
+            logger.info("archive retention: %d notification(s) received before %s deleted", trimmed, cutoff)
+        self.trimmed += trimmed
+        return trimmed
+
+    def run(self) -> None:
+        self.consumer.run()
+
+    def stop(self) -> None:
+        self.consumer.stop()
+
+
+def archive_row(body: bytes, received_at: datetime) -> dict[str, Any]:
+    """The archive row of one raw notification; an unusable one is kept as ``rejected`` with why."""
+    row: dict[str, Any] = {"received_at": received_at, "body": body, "status": ARCHIVED}
+    try:
+        notification = decode_notification(body)
+    except NotificationRejected as exc:
+        row.update(status=REJECTED, reason=f"{exc.reason}: {exc.detail}")
+        return row
+    message_id = notification.get("message_id")
+    row["message_id"] = message_id if isinstance(message_id, str) and message_id else None
+    event_type = notification.get("event_type")
+    row["event_type"] = event_type if isinstance(event_type, str) else None
+    publisher = notification.get("publisher_id")
+    row["publisher_id"] = publisher if isinstance(publisher, str) else None
+    try:
+        _, _, row["generated"] = read_envelope(notification)
+    except NotificationRejected as exc:
+        row.update(status=REJECTED, reason=f"{exc.reason}: {exc.detail}")
+    return row
+
+
+def _source(delivery: Delivery) -> str:
+    return f"amqp:{delivery.exchange}/{delivery.routing_key}"

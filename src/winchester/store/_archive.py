@@ -1,0 +1,126 @@
+"""The archive: every raw notification as received, for history and replay."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from winchester.store._schema import KEY_LENGTH, archive
+
+ARCHIVED, REJECTED = "archived", "rejected"
+
+
+@dataclass(frozen=True)
+class ArchivedNotification:
+    id: int
+    received_at: datetime
+    message_id: str | None
+    event_type: str | None
+    publisher_id: str | None
+    generated: datetime | None
+    status: str
+    reason: str | None
+    body: bytes
+
+
+@dataclass(frozen=True)
+class ArchiveResult:
+    archived: int
+    duplicates: int
+
+
+class ArchiveStore:
+    """The archive side of :class:`winchester.store.Store` (mixed into it)."""
+
+    engine: Any
+    _dialect: str
+
+    def archive_notifications(self, rows: Sequence[Mapping[str, Any]]) -> ArchiveResult:
+        """Keep raw notifications; one transaction. A ``message_id`` already archived is skipped.
+
+        Each row: ``received_at``, ``body`` (bytes, as received), ``status``
+        (``archived`` or ``rejected``), and when known ``message_id``,
+        ``event_type``, ``publisher_id``, ``generated`` and ``reason``.
+        Notifications without a ``message_id`` are always kept.
+        """
+        if not rows:
+            return ArchiveResult(0, 0)
+        values = [{
+            "received_at": row["received_at"], "message_id": _clip(row.get("message_id")),
+            "event_type": _clip(row.get("event_type")), "publisher_id": _clip(row.get("publisher_id")),
+            "generated": row.get("generated"), "status": row.get("status", ARCHIVED),
+            "reason": row.get("reason"), "body": row["body"],
+        } for row in rows]
+        insert = (postgresql.insert(archive) if self._dialect == "postgresql" else sqlite.insert(archive))
+        statement = insert.on_conflict_do_nothing(index_elements=["message_id"]).returning(archive.c.id)
+
+        def write(connection: Connection) -> int:
+            return len(connection.execute(statement, values).all())
+
+        archived = self._retrying(write)
+        return ArchiveResult(archived, len(values) - archived)
+
+    def count_archive(self, since: datetime | None = None, until: datetime | None = None,
+                      event_type: str | None = None) -> int:
+        query = sa.select(sa.func.count()).select_from(archive).where(*_filters(since, until, event_type))
+        with self.engine.connect() as connection:
+            return connection.execute(query).scalar_one()
+
+    def iter_archive(self, since: datetime | None = None, until: datetime | None = None,
+                     event_type: str | None = None, batch: int = 1000,
+                     after_id: int = 0) -> Iterator[ArchivedNotification]:
+        """Archived notifications in arrival order, read a page at a time (memory stays flat).
+
+        ``since``/``until`` bound the notification's own timestamp
+        (``generated``); rows without one are included only when neither is given.
+        """
+        last = after_id
+        while True:
+            query = (sa.select(archive).where(archive.c.id > last, *_filters(since, until, event_type))
+                     .order_by(archive.c.id).limit(batch))
+            with self.engine.connect() as connection:
+                rows = connection.execute(query).all()
+            for row in rows:
+                yield ArchivedNotification(
+                    id=row.id, received_at=row.received_at, message_id=row.message_id,
+                    event_type=row.event_type, publisher_id=row.publisher_id, generated=row.generated,
+                    status=row.status, reason=row.reason, body=bytes(row.body))
+            if len(rows) < batch:
+                return
+            last = rows[-1].id
+
+    def trim_archive(self, received_before: datetime, limit: int = 10_000) -> int:
+        """Delete up to ``limit`` archived notifications received before ``received_before``."""
+        def trim(connection: Connection) -> int:
+            ids = list(connection.execute(
+                sa.select(archive.c.id).where(archive.c.received_at < received_before)
+                .order_by(archive.c.id).limit(limit)).scalars())
+            if ids:
+                connection.execute(archive.delete().where(archive.c.id.in_(ids)))
+            return len(ids)
+
+        return self._retrying(trim)
+
+
+def _filters(since: datetime | None, until: datetime | None, event_type: str | None) -> list:
+    conditions = []
+    if since is not None:
+        conditions.append(archive.c.generated >= since)
+    if until is not None:
+        conditions.append(archive.c.generated < until)
+    if event_type is not None:
+        conditions.append(archive.c.event_type == event_type)
+    return conditions
+
+
+def _clip(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    return text[:KEY_LENGTH]

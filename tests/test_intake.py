@@ -1,0 +1,321 @@
+"""Intake and persistor against the real RabbitMQ: oslo.messaging's wire format in, committed rows out."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+
+import orjson
+import pytest
+from kombu import Connection, Exchange, Producer, Queue
+
+from winchester.clock import FixedClock
+from winchester.config import build_distiller, load_settings, load_trigger_definitions, open_store
+from winchester.config._settings import IntakeSettings, PersistorSettings
+from winchester.services._consumer import IntakeError
+from winchester.services.ingest import Ingester
+from winchester.services.intake import IngestService, Persistor
+
+ROOT = Path(__file__).resolve().parents[1]
+NOW = datetime(2026, 11, 22, 12, 0)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def notification(n: int, event_type: str = "compute.instance.create.end", **extra) -> dict:
+    return {"message_id": f"msg-{n:06d}", "event_type": event_type, "publisher_id": "compute.host-a",
+            "priority": "INFO", "timestamp": "2026-11-22 10:00:00.000000",
+            "payload": {"instance_id": f"instance-{n % 7}", "tenant_id": "t1", "state": "active"},
+            **extra}
+
+
+class Broker:
+    """A private corner of the real RabbitMQ: unique exchanges and topic, removed afterwards."""
+
+    def __init__(self, url: str, durable: bool = False):
+        self.url = url
+        tag = uuid.uuid4().hex[:10]
+        self.exchanges = [f"nova-{tag}", f"glance-{tag}"]
+        self.topic = f"notifications-{tag}"
+        self.durable = durable
+        self.extra_queues: list[str] = []
+
+    def intake(self, **overrides) -> IntakeSettings:
+        settings = IntakeSettings(exchanges=tuple(self.exchanges), topic=self.topic,
+                                  priorities=("info", "error"), durable=self.durable,
+                                  batch_size=50, batch_seconds=0.2)
+        return replace(settings, **overrides)
+
+    def publish(self, bodies, exchange: str | None = None, priority: str = "info") -> None:
+        """Publish raw bodies (dicts are JSON-encoded) as oslo does: persistent, with confirms."""
+        exchange = Exchange(exchange or self.exchanges[0], type="topic", durable=self.durable)
+        with Connection(self.url, transport_options={"confirm_publish": True}) as connection:
+            producer = Producer(connection.channel(), exchange=exchange)
+            for body in bodies:
+                data = body if isinstance(body, bytes) else orjson.dumps(body)
+                producer.publish(data, routing_key=f"{self.topic}.{priority}", declare=[exchange],
+                                 content_type="application/json", content_encoding="utf-8",
+                                 delivery_mode=2)
+
+    def waiting(self, queue: str) -> int:
+        with Connection(self.url) as connection:
+            return Queue(queue, durable=self.durable)(connection.channel()).queue_declare(passive=True).message_count
+
+    def cleanup(self) -> None:
+        with Connection(self.url) as connection:
+            channel = connection.channel()
+            for queue in [f"{self.topic}.{p}" for p in ("info", "warn", "error")] + self.extra_queues:
+                try:
+                    channel.queue_delete(queue)
+                except Exception:  # noqa: BLE001 - it may never have been declared
+                    channel = connection.channel()
+            for exchange in self.exchanges:
+                try:
+                    channel.exchange_delete(exchange)
+                except Exception:  # noqa: BLE001
+                    channel = connection.channel()
+
+
+@pytest.fixture
+def broker(amqp_url):
+    broker = Broker(amqp_url)
+    yield broker
+    broker.cleanup()
+
+
+@pytest.fixture
+def parts(migrated_url):
+    settings = load_settings(ROOT / "etc" / "winchester.yaml",
+                             environ={"WINCHESTER_DATABASE_URL": migrated_url})
+    triggers = load_trigger_definitions(settings)
+    store = open_store(settings, triggers)
+    yield settings, triggers, store
+    store.close()
+
+
+def start(service) -> threading.Thread:
+    failure: list[BaseException] = []
+
+    def run():
+        try:
+            service.run()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.failure = failure  # type: ignore[attr-defined]
+    thread.start()
+    wait_until(lambda: service.consumer.ready.is_set() or failure, 30, "the consumer to start")
+    if failure:
+        raise failure[0]
+    return thread
+
+
+def stop(service, thread: threading.Thread) -> None:
+    service.stop()
+    thread.join(30)
+    assert not thread.is_alive()
+    if thread.failure:  # type: ignore[attr-defined]
+        raise thread.failure[0]  # type: ignore[attr-defined]
+
+
+OSLO_PUBLISHER = textwrap.dedent('''
+    import sys, warnings
+    warnings.simplefilter("ignore")
+    from oslo_config import cfg
+    import oslo_messaging
+    from oslo_context import context
+
+    url, exchange, topic, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    conf = cfg.ConfigOpts()
+    conf([], project="winchester-test")
+    transport = oslo_messaging.get_notification_transport(conf, url=url)
+    conf.set_override("control_exchange", exchange)
+    notifier = oslo_messaging.Notifier(transport, publisher_id="compute.host-a",
+                                       driver="messagingv2", topics=[topic])
+    ctxt = context.RequestContext(user_id="u1", project_id="t1")
+    for n in range(count):
+        payload = {"instance_id": f"instance-{n % 5}", "tenant_id": "t1", "state": "active",
+                   "instance_type_id": 2, "memory_mb": 512, "launched_at": "2026-11-22 01:00:00"}
+        if n % 4 == 3:
+            notifier.error(ctxt, "compute.instance.delete.end", payload)
+        else:
+            notifier.info(ctxt, "compute.instance.update", payload)
+    transport.cleanup()
+''')
+
+
+@pytest.mark.rabbitmq
+def test_oslo_messaging_notifier_output_becomes_events_and_streams(broker, parts):
+    """Notifications sent by oslo.messaging's own Notifier (v2 envelope) are stored as events, in streams."""
+    settings, triggers, store = parts
+    ingester = Ingester(store, triggers, build_distiller(settings), FixedClock(NOW))
+    service = IngestService(broker.url, broker.intake(), ingester)
+    thread = start(service)
+    oslo_url = broker.url.replace("amqp://", "rabbit://").rstrip("/") + "/"
+    subprocess.run([sys.executable, "-c", OSLO_PUBLISHER, oslo_url, broker.exchanges[0], broker.topic,
+                    "40"], check=True, timeout=120)
+    wait_until(lambda: store.count_events() == 40, what="40 events")
+    stop(service, thread)
+    by_type = store.count_events_by_type()
+    assert by_type == {"compute.instance.update": 30, "compute.instance.delete.end": 10}
+    assert {s.distinguishing_traits["instance_id"] for s in store.list_streams()} == {
+        f"instance-{n}" for n in range(5)}
+    assert store.count_dead_letters() == 0
+    assert broker.waiting(f"{broker.topic}.info") == 0 and broker.waiting(f"{broker.topic}.error") == 0
+
+
+@pytest.mark.rabbitmq
+def test_malformed_messages_are_dead_lettered_acknowledged_and_the_rest_stored(broker, parts):
+    """Bad bodies go to the dead letters with their reason; good ones are stored; nothing stays queued."""
+    settings, triggers, store = parts
+    ingester = Ingester(store, triggers, build_distiller(settings), FixedClock(NOW))
+    service = IngestService(broker.url, broker.intake(), ingester)
+    thread = start(service)
+    envelope = {"oslo.version": "2.0", "oslo.message": orjson.dumps(notification(2)).decode()}
+    broker.publish([notification(1), envelope, b"not json", b"[1, 2]",
+                    {**notification(3), "event_type": None}, {k: v for k, v in notification(4).items()
+                                                              if k != "message_id"},
+                    {**notification(5), "timestamp": 12}, notification(6)],
+                   exchange=broker.exchanges[1])
+    wait_until(lambda: store.count_events() == 3 and store.count_dead_letters() == 5,
+               what="3 events and 5 dead letters")
+    stop(service, thread)
+    assert broker.waiting(f"{broker.topic}.info") == 0
+    assert sorted(e["message_id"] for e in store.find_events()) == ["msg-000001", "msg-000002", "msg-000006"]
+
+
+@pytest.mark.rabbitmq
+def test_a_named_queue_gets_every_exchange_and_priority(broker, parts):
+    """With intake.queue, one private queue bound to every exchange and priority receives them all."""
+    settings, triggers, store = parts
+    ingester = Ingester(store, triggers, build_distiller(settings), FixedClock(NOW))
+    pool = f"pool-{uuid.uuid4().hex[:8]}"
+    broker.extra_queues.append(pool)
+    service = IngestService(broker.url, broker.intake(queue=pool), ingester)
+    thread = start(service)
+    broker.publish([notification(1)], exchange=broker.exchanges[0], priority="info")
+    broker.publish([notification(2)], exchange=broker.exchanges[1], priority="error")
+    wait_until(lambda: store.count_events() == 2, what="2 events")
+    stop(service, thread)
+
+
+@pytest.mark.rabbitmq
+def test_a_durability_mismatch_is_a_clear_startup_error(broker, parts):
+    """Exchanges declared non-durable by the publishers, intake.durable true: refused, naming exchange and key."""
+    settings, triggers, store = parts
+    broker.publish([notification(1)])  # declares the first exchange as oslo does: not durable
+    service = IngestService(broker.url, broker.intake(durable=True),
+                            Ingester(store, triggers, build_distiller(settings)))
+    with pytest.raises(IntakeError) as caught:
+        service.run()
+    message = str(caught.value)
+    assert broker.exchanges[0] in message and "intake.durable" in message
+    assert "guest:guest" not in message
+
+
+@pytest.mark.rabbitmq
+def test_the_persistor_archives_every_notification_exactly_once(broker, parts):
+    """Duplicates are archived once; malformed bodies and unknown types are archived too, as received."""
+    settings, triggers, store = parts
+    queue = f"persistor-{uuid.uuid4().hex[:8]}"
+    broker.extra_queues.append(queue)
+    persistor = Persistor(broker.url, broker.intake(), PersistorSettings(queue=queue, batch_size=40,
+                                                                          batch_seconds=0.2),
+                          store, clock=FixedClock(NOW))
+    thread = start(persistor)
+    bodies = [notification(n) for n in range(100)]
+    bodies += [notification(n) for n in range(0, 100, 3)]  # redelivered duplicates
+    bodies += [notification(500, "some.unknown.type"), b"\xff not json"]
+    broker.publish(bodies)
+    wait_until(lambda: store.count_archive() == 102, what="102 archived")
+    time.sleep(0.5)  # any further (wrong) row would have arrived by now
+    stop(persistor, thread)
+    rows = list(store.iter_archive())
+    assert len(rows) == 102
+    assert len({r.message_id for r in rows if r.message_id}) == 101
+    rejected = [r for r in rows if r.status == "rejected"]
+    assert len(rejected) == 1 and rejected[0].body == b"\xff not json" and "not_json" in rejected[0].reason
+    unknown = next(r for r in rows if r.event_type == "some.unknown.type")
+    assert orjson.loads(unknown.body)["message_id"] == "msg-000500"
+    assert unknown.publisher_id == "compute.host-a" and unknown.received_at == NOW
+    assert persistor.duplicates == 34 and broker.waiting(queue) == 0
+
+
+@pytest.mark.rabbitmq
+def test_a_broker_restart_during_a_run_loses_nothing(amqp_url, parts):
+    """rabbitmqctl stop_app / start_app while publishing and ingesting: count in == count stored."""
+    settings, triggers, store = parts
+    broker = Broker(amqp_url, durable=True)  # only durable queues survive a broker restart
+    ingester = Ingester(store, triggers, build_distiller(settings), FixedClock(NOW))
+    service = IngestService(broker.url, broker.intake(batch_size=100), ingester)
+    total = 3000
+    try:
+        thread = start(service)
+        published = threading.Event()
+
+        def publish_all():
+            pending = [notification(n) for n in range(total)]
+            while pending:
+                try:
+                    broker.publish(pending[:100])
+                    pending = pending[100:]
+                except Exception:  # noqa: BLE001 - the broker is restarting; send the chunk again
+                    time.sleep(0.5)
+            published.set()
+
+        publisher = threading.Thread(target=publish_all, daemon=True)
+        publisher.start()
+        wait_until(lambda: store.count_events() > 300, what="ingest under way")
+        subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True, timeout=120)
+        time.sleep(1)
+        subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True, timeout=120)
+        assert published.wait(180)
+        wait_until(lambda: store.count_events() == total, 180, f"{total} events")
+        stop(service, thread)
+        assert service.consumer.stats.reconnects >= 1
+        assert store.count_events() == total
+    finally:
+        subprocess.run(["rabbitmqctl", "start_app"], capture_output=True, timeout=120)
+        wait_until(lambda: _reachable(amqp_url), 120, "RabbitMQ back")
+        broker.cleanup()
+
+
+def _reachable(url: str) -> bool:
+    try:
+        with Connection(url, connect_timeout=2) as connection:
+            connection.ensure_connection(max_retries=1)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def test_the_in_memory_transport_feeds_ingest_too(parts):
+    """memory:// (the embedded default): notifications published in-process are consumed the same way."""
+    settings, triggers, store = parts
+    url = f"memory://{uuid.uuid4().hex[:8]}"
+    intake = IntakeSettings(exchanges=("nova",), batch_size=10, batch_seconds=0.1)
+    service = IngestService(url, intake, Ingester(store, triggers, build_distiller(settings), FixedClock(NOW)))
+    thread = start(service)
+    exchange = Exchange("nova", type="topic", durable=False)
+    with Connection(url) as connection:
+        producer = Producer(connection.channel(), exchange=exchange)
+        for n in range(25):
+            producer.publish(orjson.dumps(notification(n)), routing_key="notifications.info",
+                             content_type="application/json", content_encoding="utf-8")
+    wait_until(lambda: store.count_events() == 25, what="25 events")
+    stop(service, thread)
