@@ -426,10 +426,10 @@ def test_one_log_warning_per_failure(caplog):
     assert "U0" in records[1].getMessage()
 
 
-def test_handler_contract():
-    """The handler takes no parameters, and commit/rollback do nothing."""
-    with pytest.raises(TypeError):
-        UsageHandler(unknown=1)
+def test_handler_contract(caplog):
+    """Params (which the original accepted) are ignored with a warning; commit/rollback do nothing."""
+    UsageHandler(region="dfw")
+    assert "region" in caplog.text
     handler = UsageHandler()
     assert handler.commit() is None
     assert handler.rollback() is None

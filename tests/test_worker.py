@@ -486,3 +486,97 @@ def test_the_worker_reconnects_after_postgresql_drops_its_connections(postgres_u
     assert runner.run_until_idle() == 1
     assert sorted(states(store).values()) == ["completed", "completed"]
     store.close()
+
+
+# -- failures between running a pipeline and recording it ------------------------------------
+
+
+def test_outcomes_that_could_not_be_recorded_are_recorded_later_without_running_again(store, monkeypatch):
+    """The database fails while recording: the next loop records the outcomes; no commit() runs twice."""
+    from winchester.store import StoreError
+
+    triggers = make_triggers()
+    journal = Journal()
+    ingest(store, triggers, [event(f"end{i}", "compute.end", instance=f"i{i}") for i in range(3)])
+    runner = worker(store, triggers, pipelines(on_fire=[journal.handler("a")]), T0 + timedelta(hours=1))
+    real_finish = store.finish_streams
+    failures = iter([True])
+
+    def flaky_finish(*args, **kwargs):
+        if next(failures, False):
+            raise StoreError("database write failed: connection reset")
+        return real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(store, "finish_streams", flaky_finish)
+    with pytest.raises(StoreError):
+        runner.run_until_idle()
+    assert set(states(store).values()) == {"firing"}
+    runner.run_until_idle()
+    assert set(states(store).values()) == {"completed"}
+    assert len(journal.of("a", "commit")) == 3
+    assert runner.stats.fired == 3
+
+
+def test_streams_whose_events_cannot_be_read_are_given_back(store, monkeypatch):
+    """Reading the claimed streams' events fails: they return to active at once, not stuck in firing."""
+    from winchester.store import StoreError
+
+    triggers = make_triggers()
+    ingest(store, triggers, [event("end", "compute.end")])
+    runner = worker(store, triggers, pipelines(on_fire=[]), T0 + timedelta(hours=1))
+
+    def unreadable(stream_ids):
+        raise StoreError("database read failed: server closed the connection")
+
+    monkeypatch.setattr(store, "load_stream_events", unreadable)
+    with pytest.raises(StoreError):
+        runner.process(FIRE)
+    assert list(states(store).values()) == ["active"]
+    monkeypatch.undo()
+    assert runner.run_until_idle() == 1
+
+
+def test_a_stream_taken_over_twice_is_claimed_alone(store):
+    """A lapsed stream already claimed twice may be what kills workers: it is run on its own."""
+    triggers = make_triggers()
+    ingest(store, triggers, [event(f"end{i}", "compute.end", instance=f"i{i}") for i in range(4)])
+    now = T0 + timedelta(hours=1)
+    first = store.claim_streams(FIRE, "dead-1", now, now, now + timedelta(minutes=1), 10)
+    assert len(first) == 4
+    later = now + timedelta(minutes=2)
+    second = store.claim_streams(FIRE, "dead-2", later, later, later + timedelta(minutes=1), 10)
+    assert len(second) == 4  # a first take-over comes in bulk
+    latest = later + timedelta(minutes=2)
+    third = store.claim_streams(FIRE, "careful", latest, latest, latest + timedelta(minutes=1), 10)
+    assert len(third) == 1
+
+
+def test_trimming_keeps_going_while_there_is_more_to_trim(store):
+    """One loop trims batch after batch (not one batch per sleep), so trimming keeps up with ingest."""
+    triggers = make_triggers()
+    old = T0 - timedelta(days=30)
+    ingest(store, triggers, [{"message_id": f"old{i}", "event_type": "other.thing",
+                              "timestamp": old} for i in range(250)], at=old)
+    runner = worker(store, triggers, pipelines(), T0, trim_events=True, trim_events_batch_size=100)
+    assert runner.run_once_through() == 250
+    assert store.count_events() == 0
+
+
+def test_a_generated_event_with_invalid_text_fails_its_stream_only(store):
+    """A handler generating text that cannot be stored fails that stream with the reason; others complete."""
+    triggers = make_triggers()
+    ingest(store, triggers, [event("end-a", "compute.end", instance="a"),
+                             event("end-b", "compute.end", instance="b")])
+
+    def bad_text(events, env):
+        if env["distinguishing_traits"]["instance_id"] == "b":
+            return []
+        return [{"message_id": "gen-a", "event_type": "audit.note", "timestamp": T0, "note": "\ud800"}]
+
+    runner = worker(store, triggers, pipelines(on_fire=[Journal().handler("g", add=bad_text)]),
+                    T0 + timedelta(hours=1))
+    runner.run_until_idle()
+    by_instance = {s.distinguishing_traits["instance_id"]: s for s in store.list_streams()}
+    assert by_instance["b"].state == "completed"
+    assert by_instance["a"].state == "error"
+    assert "surrogate" in store.stream_errors([by_instance["a"].id])[by_instance["a"].id]

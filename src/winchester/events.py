@@ -69,6 +69,12 @@ def normalize_trait(name: str, value: Any) -> TraitValue | None:
     if value_type is str:
         if "\x00" in value:
             raise EventError(name, "text must not contain NUL characters")
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                # A lone surrogate (from a badly decoded source) cannot be stored as text.
+                raise EventError(name, "text is not valid Unicode (it holds a lone surrogate)") from None
         return value
     if value_type is int:
         if not _INT64_MIN <= value <= _INT64_MAX:

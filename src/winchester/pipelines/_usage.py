@@ -275,8 +275,11 @@ class UsageHandler(Handler):
     looked for them.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, **ignored: Any) -> None:
         super().__init__()
+        if ignored:
+            # The original accepted (and ignored) any params; keep its pipelines loading.
+            logger.warning("usage handler: params %s are not used", ", ".join(sorted(ignored)))
 
     def handle_events(self, events: list[Event], env: dict[str, Any]) -> list[Event]:
         stream_id = env["stream_id"]

@@ -28,14 +28,20 @@ from typing import Any
 from winchester.clock import Clock, WallClock
 from winchester.events import Event
 from winchester.pipelines import PipelineSet
-from winchester.services.ingest import Ingester
-from winchester.store import EXPIRE, FIRE, ClaimedStream, Store, StoreError, StreamOutcome
+from winchester.store import EXPIRE, FIRE, ClaimedStream, IngestItem, Store, StoreError, StreamOutcome
 from winchester.timex import parse as parse_timex
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_LEASE = timedelta(minutes=5)
 DEFAULT_MAX_ATTEMPTS = 5
+# Outcomes are recorded every this many streams or seconds, whichever comes first.
+RECORD_EVERY = 250
+RECORD_SECONDS = 2.0
+# How long one loop may spend trimming.
+TRIM_SECONDS = 2.0
+# --once: how many times to look again at due streams another process held locked.
+IDLE_CHECKS = 50
 # Longest back-off after losing the database.
 MAX_BACKOFF = 60.0
 
@@ -94,7 +100,7 @@ class Worker:
         self.trim_batch_size = trim_events_batch_size
         self.statistics_period = statistics_period
         self.stats = WorkerStats()
-        self._ingester = Ingester(store, triggers, clock=self.clock)
+        self._unrecorded: list[StreamOutcome] = []
         self._stopping = threading.Event()
         self._sleep = sleep or self._stopping.wait
         self._last_statistics = time.monotonic()
@@ -118,10 +124,14 @@ class Worker:
             try:
                 busy = self.run_once_through()
                 backoff = 1.0
-            except StoreError as exc:
-                self.stats.database_errors += 1
-                logger.error("worker %s: database unavailable (%s); retrying in %.0fs",
-                             self.name, exc, backoff)
+            except Exception as exc:  # noqa: BLE001 - the loop outlives any one failure
+                self.stats.database_errors += isinstance(exc, StoreError)
+                if isinstance(exc, StoreError):
+                    logger.error("worker %s: database unavailable (%s); retrying in %.0fs",
+                                 self.name, exc, backoff)
+                else:
+                    logger.exception("worker %s: unexpected %s; retrying in %.0fs", self.name,
+                                     type(exc).__name__, backoff)
                 self._sleep(backoff)
                 backoff = min(MAX_BACKOFF, backoff * 2)
                 continue
@@ -132,25 +142,45 @@ class Worker:
         logger.info("worker %s stopped", self.name)
 
     def run_once_through(self) -> int:
-        """One loop: fire, expire and trim what is due now; returns the streams processed."""
-        processed = self.process(FIRE) + self.process(EXPIRE)
+        """One loop: fire, expire and trim what is due now; returns how much it did."""
+        done = self.process(FIRE) + self.process(EXPIRE)
         if self.trim_events and not self.stopping:
-            self.trim()
-        return processed
+            done += self.trim_for(TRIM_SECONDS)
+        return done
 
     def run_until_idle(self) -> int:
         """Process until nothing is due (``--once``); returns the streams processed."""
         total = 0
+        waits = 0
         while not self.stopping:
             processed = self.process(FIRE) + self.process(EXPIRE)
             total += processed
-            if not processed:
+            if processed:
+                waits = 0
+                continue
+            # On PostgreSQL a due stream locked for an instant by an ingester
+            # is skipped, not waited for: look again before calling it done.
+            if waits >= IDLE_CHECKS or not self.store.count_due_streams(
+                    self.clock.now(), self.wall_clock.now()):
                 break
+            waits += 1
+            self._stopping.wait(0.1)
         if self.trim_events:
-            while not self.stopping and self.trim():
+            while not self.stopping and self.trim_for(TRIM_SECONDS):
                 pass
         self.log_statistics()
         return total
+
+    def trim_for(self, seconds: float) -> int:
+        """Trim batch after batch until one comes back short or ``seconds`` pass."""
+        trimmed = 0
+        deadline = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < deadline:
+            batch = self.trim()
+            trimmed += batch
+            if batch < self.trim_batch_size:
+                break
+        return trimmed
 
     # -- the work ----------------------------------------------------------------------
 
@@ -158,32 +188,83 @@ class Worker:
         """Claim and run one batch of streams due for ``action``; returns how many ran."""
         if self.stopping:
             return 0
+        if self._unrecorded:
+            # Outcomes of a batch whose recording failed (database away): the
+            # pipelines ran; record them before claiming anything new.
+            pending, self._unrecorded = self._unrecorded, []
+            self._record(pending)
+        claimed_at = time.monotonic()
         wall_now = self.wall_clock.now()
         claimed = self.store.claim_streams(
             action, self.name, self.clock.now(), wall_now, wall_now + self.lease,
             self.batch_size, self.max_attempts)
         if not claimed:
             return 0
-        events = self.store.load_stream_events([stream.id for stream in claimed])
-        # Give back what cannot be run well inside the lease, rather than
-        # run it after another worker may have taken it over.
-        deadline = time.monotonic() + self.lease.total_seconds() / 2
-        outcomes: list[StreamOutcome] = []
-        generated: list[Event] = []
+        try:
+            events = self.store.load_stream_events([stream.id for stream in claimed])
+        except Exception:
+            self._give_back(claimed, "their events could not be read")
+            raise
+        lease = self.lease.total_seconds()
+        renew_at = claimed_at + lease / 3
+        pending: list[StreamOutcome] = []
+        flushed_at = time.monotonic()
+        ran = 0
         for position, stream in enumerate(claimed):
-            if self.stopping or time.monotonic() > deadline:
-                rest = claimed[position:]
-                self.store.release_streams(self.name, rest, self.clock.now())
-                self.stats.released += len(rest)
-                logger.info("worker %s gave back %d claimed stream(s) unrun", self.name, len(rest))
+            if self.stopping:
+                self._give_back(claimed[position:], "the worker is stopping")
                 break
-            outcome, new_events = self._run(stream, events[stream.id])
-            outcomes.append(outcome)
-            generated.extend(new_events)
-        if generated:
-            self._ingester.add_events(generated)
-            self.stats.generated += len(generated)
-        lost = self.store.finish_streams(self.name, outcomes, self.clock.now(), self.purge_completed)
+            if time.monotonic() >= renew_at:
+                # A long batch keeps its lease: renewed for what is still to run.
+                self.store.extend_claims(self.name, claimed[position:], self.wall_clock.now() + self.lease)
+                renew_at = time.monotonic() + lease / 3
+            pending.append(self._run(stream, events.pop(stream.id, [])))
+            ran += 1
+            # Recorded in small groups: a worker that dies mid-batch leaves
+            # only the last few streams to be run again.
+            if len(pending) >= RECORD_EVERY or time.monotonic() - flushed_at >= RECORD_SECONDS:
+                self._record(pending)
+                pending, flushed_at = [], time.monotonic()
+        if pending:
+            self._record(pending)
+        return ran
+
+    def _give_back(self, streams: list[ClaimedStream], why: str) -> None:
+        try:
+            self.store.release_streams(self.name, streams, self.clock.now())
+        except Exception as exc:  # noqa: BLE001 - their leases lapse and another worker runs them
+            logger.warning("worker %s could not give back %d stream(s) (%s); they are retried when "
+                           "their lease lapses", self.name, len(streams), exc)
+            return
+        self.stats.released += len(streams)
+        logger.info("worker %s gave back %d claimed stream(s) unrun: %s", self.name, len(streams), why)
+
+    def _record(self, outcomes: list[StreamOutcome]) -> None:
+        """Store the outcomes (and generated events) of run streams, in one transaction if possible."""
+        try:
+            lost = self.store.finish_streams(self.name, outcomes, self.clock.now(), self.purge_completed)
+        except StoreError:
+            self._unrecorded.extend(outcomes)
+            raise
+        except Exception as exc:  # noqa: BLE001 - bad data from one stream must not sink the others
+            logger.error("worker %s: recording %d outcome(s) failed (%s: %s); recording them one "
+                         "by one", self.name, len(outcomes), type(exc).__name__, exc)
+            lost = []
+            for position, outcome in enumerate(outcomes):
+                try:
+                    lost += self.store.finish_streams(self.name, [outcome], self.clock.now(),
+                                                      self.purge_completed)
+                except StoreError:
+                    self._unrecorded.extend(outcomes[position:])
+                    raise
+                except Exception as single:  # noqa: BLE001 - this stream's events are bad
+                    failed = StreamOutcome(outcome.stream, f"its pipeline's generated events could "
+                                                          f"not be stored: {type(single).__name__}: {single}")
+                    logger.error("stream %s (%s): %s", outcome.stream.id, outcome.stream.trigger_name,
+                                 failed.error)
+                    lost += self.store.finish_streams(self.name, [failed], self.clock.now(),
+                                                      self.purge_completed)
+                    outcomes[position] = failed
         if lost:
             self.stats.lost_claims += len(lost)
             logger.warning("worker %s: lost the claim on stream(s) %s (lease expired; another "
@@ -192,33 +273,34 @@ class Worker:
         for outcome in outcomes:
             if outcome.stream.id in lost_ids:
                 continue
-            key = f"{outcome.stream.trigger_name} {action}"
+            key = f"{outcome.stream.trigger_name} {outcome.stream.action}"
             self.stats.by_trigger[key] += 1
             if outcome.error is not None:
                 self.stats.errors[key] += 1
-            elif action == FIRE:
+                continue
+            self.stats.generated += len(outcome.generated)
+            if outcome.stream.action == FIRE:
                 self.stats.fired += 1
             else:
                 self.stats.expired += 1
-        return len(outcomes)
 
-    def _run(self, stream: ClaimedStream, events: list[Event]) -> tuple[StreamOutcome, list[Event]]:
+    def _run(self, stream: ClaimedStream, events: list[Event]) -> StreamOutcome:
         trigger = self.triggers.by_name.get(stream.trigger_name)
         if trigger is None:
             return self._failed(stream, f"unknown trigger {stream.trigger_name!r}: it is not in the "
-                                        "trigger definitions; restore it, or remove the stream"), []
+                                        "trigger definitions; restore it, or remove the stream")
         pipeline_name = trigger.fire_pipeline if stream.action == FIRE else trigger.expire_pipeline
         if trigger.debug_level >= 1:
             logger.info("stream %s (%s): %s with %d event(s), pipeline %s", stream.id,
                         stream.trigger_name, "firing" if stream.action == FIRE else "expiring",
                         len(events), pipeline_name or "(none)")
         if not pipeline_name:
-            return StreamOutcome(stream), []
+            return StreamOutcome(stream)
         pipeline = self.pipelines.get(pipeline_name)
         if pipeline is None:
             return self._failed(stream, f"unknown pipeline {pipeline_name!r} (trigger "
                                         f"{stream.trigger_name!r}): it is not in the pipeline "
-                                        "configuration"), []
+                                        "configuration")
         env: dict[str, Any] = {
             "stream_id": stream.id, "stream_name": stream.trigger_name,
             "trigger_name": stream.trigger_name, "reason": stream.action,
@@ -228,8 +310,11 @@ class Worker:
         result = pipeline.run(events, env)
         self.stats.commit_errors += len(result.commit_errors)
         if not result.ok:
-            return self._failed(stream, result.error or "pipeline failed"), []
-        return StreamOutcome(stream), result.generated
+            return self._failed(stream, result.error or "pipeline failed")
+        now = self.clock.now()
+        matches = self.triggers.matches
+        return StreamOutcome(stream, generated=[IngestItem(event, matches(event), now)
+                                                for event in result.generated])
 
     @staticmethod
     def _failed(stream: ClaimedStream, reason: str) -> StreamOutcome:

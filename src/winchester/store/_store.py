@@ -174,6 +174,16 @@ class Store(WorkQueue, ArchiveStore):
             with connection.begin():
                 yield connection
 
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        """A connection for reads whose failure (a lost database) is a StoreError, like writes'."""
+        driver_error = self.engine.dialect.loaded_dbapi.Error
+        try:
+            with self.engine.connect() as connection:
+                yield connection
+        except (DBAPIError, driver_error) as exc:
+            raise StoreError(f"database read failed: {getattr(exc, 'orig', None) or exc}") from exc
+
     def _retrying(self, operation, *args):
         """Run a write transaction, retrying the failures a retry can cure.
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
 from winchester.events import Event, decode_value
@@ -60,10 +61,16 @@ class ClaimedStream:
 
 @dataclass(frozen=True)
 class StreamOutcome:
-    """How a claimed stream's run ended: ``error`` None means success."""
+    """How a claimed stream's run ended: ``error`` None means success.
+
+    ``generated`` holds the events its pipeline generated, ready to ingest
+    (:class:`winchester.store.IngestItem`), stored in the transaction that
+    records the outcome.
+    """
 
     stream: ClaimedStream
     error: str | None = None
+    generated: Sequence[Any] = ()
 
 
 class WorkQueue:
@@ -96,21 +103,33 @@ class WorkQueue:
             abandoned = [(i, s) for i, s, _, attempts in lapsed if attempts >= max_attempts]
             if abandoned:
                 connection.execute(
-                    streams.update().where(sa.tuple_(streams.c.id, streams.c.state_serial).in_(abandoned))
+                    streams.update().where(self._held(abandoned))
                     .values(state=error_state, state_serial=streams.c.state_serial + 1,
                             claimed_by=None, claim_expires=None, updated_at=now,
                             last_error=f"abandoned after {max_attempts} attempts: every worker "
                                        "that claimed it stopped before finishing (lease expired)"))
             candidates = [row for row in lapsed if row[3] < max_attempts]
-            if len(candidates) < limit:
-                if action == FIRE:
-                    due = streams.c.state.in_(due_states) & (streams.c.fire_timestamp <= now)
-                    order = streams.c.fire_timestamp
-                else:
-                    due = (((streams.c.state == "active") & streams.c.fire_timestamp.is_(None))
-                           | (streams.c.state == "retry_expire")) & (streams.c.expire_timestamp <= now)
-                    order = streams.c.expire_timestamp
-                candidates += self._candidates(connection, due, order, limit - len(candidates))
+            suspects = [row for row in candidates if row[3] >= 2]
+            if suspects:
+                # Taken over more than once: it may be what kills its workers.
+                # Run it alone, so it cannot take a batch of others down with it.
+                candidates = suspects[:1]
+            else:
+                # One query per state, each an ordered walk of the (state, time)
+                # index that stops at the limit; with the states combined the
+                # database would sort every due stream on every claim.
+                for state in due_states:
+                    if len(candidates) >= limit:
+                        break
+                    if action == FIRE:
+                        due = (streams.c.state == state) & (streams.c.fire_timestamp <= now)
+                        order = streams.c.fire_timestamp
+                    else:
+                        due = (streams.c.state == state) & (streams.c.expire_timestamp <= now)
+                        if state == "active":
+                            due &= streams.c.fire_timestamp.is_(None)
+                        order = streams.c.expire_timestamp
+                    candidates += self._candidates(connection, due, order, limit - len(candidates))
             if not candidates:
                 return []
             previous = {row[0]: row[2] for row in candidates}
@@ -118,7 +137,7 @@ class WorkQueue:
             for chunk in _chunks([(row[0], row[1]) for row in candidates]):
                 rows = connection.execute(
                     streams.update()
-                    .where(sa.tuple_(streams.c.id, streams.c.state_serial).in_(chunk))
+                    .where(self._held(chunk))
                     .values(state=claimed_state, state_serial=streams.c.state_serial + 1,
                             open_key=None, claimed_by=worker, claim_expires=lease_until,
                             attempts=streams.c.attempts + 1, updated_at=now)
@@ -136,9 +155,28 @@ class WorkQueue:
 
         return self._retrying(claim)
 
+    def _held(self, pairs: Sequence[tuple[int, int]]):
+        """The condition "stream (id, state_serial) is still as it was seen", for UPDATE/DELETE.
+
+        On PostgreSQL two array parameters joined by primary key: the
+        statement text stays the same whatever the number of streams (parsed
+        once, no thousands of placeholders). Elsewhere the id list finds the
+        rows by primary key and the row values check the serials.
+        """
+        if self._postgresql:
+            held = sa.select(
+                sa.func.unnest(sa.bindparam("held_ids", [p[0] for p in pairs],
+                                            type_=postgresql.ARRAY(sa.BigInteger))).label("id"),
+                sa.func.unnest(sa.bindparam("held_serials", [p[1] for p in pairs],
+                                            type_=postgresql.ARRAY(sa.Integer))).label("serial"),
+            ).subquery("held")
+            return (streams.c.id == held.c.id) & (streams.c.state_serial == held.c.serial)
+        return streams.c.id.in_([stream_id for stream_id, _ in pairs]) & sa.tuple_(
+            streams.c.id, streams.c.state_serial).in_(pairs)
+
     def _candidates(self, connection: Connection, condition, order, limit: int) -> list[tuple]:
         query = (sa.select(streams.c.id, streams.c.state_serial, streams.c.state, streams.c.attempts)
-                 .where(condition).order_by(order, streams.c.id).limit(limit))
+                 .where(condition).order_by(order).limit(limit))
         if self._postgresql:
             # Rows another worker is claiming are skipped, not waited for.
             query = query.with_for_update(skip_locked=True)
@@ -147,7 +185,7 @@ class WorkQueue:
     def load_stream_events(self, stream_ids: Sequence[int]) -> dict[int, list[Event]]:
         """The events of several streams, each list in timestamp order (ties by arrival)."""
         found: dict[int, list[Event]] = {stream_id: [] for stream_id in stream_ids}
-        with self.engine.connect() as connection:
+        with self._reading() as connection:
             type_names = dict(connection.execute(sa.select(event_types.c.id, event_types.c.name)).all())
             if self._postgresql:
                 # Each member looked up by primary key: a batch's streams hold a
@@ -161,11 +199,16 @@ class WorkQueue:
                 source = events
                 joined = stream_events.join(events, stream_events.c.event_id == events.c.id)
             for chunk in _chunks(sorted(stream_ids)):
+                if self._postgresql:
+                    wanted = stream_events.c.stream_id == sa.any_(
+                        sa.bindparam("stream_ids", list(chunk), type_=postgresql.ARRAY(sa.BigInteger)))
+                else:
+                    wanted = stream_events.c.stream_id.in_(chunk)
                 rows = connection.execute(
                     sa.select(stream_events.c.stream_id, source.c.message_id, source.c.event_type_id,
                               source.c.generated, source.c.traits)
                     .select_from(joined)
-                    .where(stream_events.c.stream_id.in_(chunk))
+                    .where(wanted)
                     .order_by(stream_events.c.stream_id, source.c.generated, source.c.id))
                 for stream_id, message_id, type_id, generated, traits in rows:
                     found[stream_id].append(
@@ -177,17 +220,24 @@ class WorkQueue:
         """Record how claimed streams ended; one transaction.
 
         Success -> ``completed`` (or the stream is deleted with
-        ``purge_completed``); failure -> ``error``/``expire_error`` with the
+        ``purge_completed``), and its generated events are ingested in the
+        same transaction; failure -> ``error``/``expire_error`` with the
         reason. Returns the ids whose claim this worker no longer held (its
-        lease lapsed and another worker took the stream): nothing is written
-        for those.
+        lease lapsed and another worker took the stream): their state is not
+        touched (their generated events, deterministic, are duplicates of the
+        new owner's).
         """
+        items = [item for outcome in outcomes if outcome.error is None for item in outcome.generated]
+        type_ids = self._event_type_ids_for({item.event["event_type"] for item in items}) if items else {}
+
         def finish(connection: Connection) -> list[int]:
+            if items:
+                self._ingest(connection, items, type_ids)
             done: set[int] = set()
             succeeded = [(o.stream.id, o.stream.serial) for o in outcomes if o.error is None]
             held = (streams.c.claimed_by == worker)
             for chunk in _chunks(succeeded):
-                owned = sa.tuple_(streams.c.id, streams.c.state_serial).in_(chunk) & held
+                owned = self._held(chunk) & held
                 if purge_completed:
                     statement = streams.delete().where(owned)
                 else:
@@ -209,6 +259,29 @@ class WorkQueue:
             return [o.stream.id for o in outcomes if o.stream.id not in done]
 
         return self._retrying(finish)
+
+    def extend_claims(self, worker: str, claimed: Sequence[ClaimedStream], until: datetime) -> int:
+        """Renew this worker's lease on streams it still holds; returns how many it holds."""
+        def extend(connection: Connection) -> int:
+            held = 0
+            for chunk in _chunks([(stream.id, stream.serial) for stream in claimed]):
+                held += connection.execute(
+                    streams.update()
+                    .where(self._held(chunk),
+                           streams.c.claimed_by == worker)
+                    .values(claim_expires=until)).rowcount
+            return held
+
+        return self._retrying(extend) if claimed else 0
+
+    def count_due_streams(self, now: datetime, wall_now: datetime) -> int:
+        """Streams a worker would claim now (to fire, to expire, or taken over from a lapsed claim)."""
+        due = (((streams.c.state.in_(("active", "retry_fire")) & (streams.c.fire_timestamp <= now))
+                | (((streams.c.state == "active") & streams.c.fire_timestamp.is_(None))
+                   | (streams.c.state == "retry_expire")) & (streams.c.expire_timestamp <= now))
+               | (streams.c.state.in_(("firing", "expiring")) & (streams.c.claim_expires < wall_now)))
+        with self._reading() as connection:
+            return connection.execute(sa.select(sa.func.count()).select_from(streams).where(due)).scalar_one()
 
     def release_streams(self, worker: str, claimed: Sequence[ClaimedStream], now: datetime) -> None:
         """Give back streams claimed but not run (the worker is stopping).
@@ -276,7 +349,7 @@ class WorkQueue:
         return self._retrying(trim)
 
     def count_streams_by_state(self) -> dict[str, int]:
-        with self.engine.connect() as connection:
+        with self._reading() as connection:
             return dict(connection.execute(
                 sa.select(streams.c.state, sa.func.count()).group_by(streams.c.state)).all())
 
