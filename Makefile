@@ -23,12 +23,15 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 
 venv: $(VENV)/.installed
 
-# Check the configuration, create or upgrade the schema, then run a worker
-# (Ctrl-C stops it).
+SAMPLES ?= etc/samples/nova-notifications.jsonl.gz
+
+# Check the configuration, create or upgrade the schema, then serve (API and
+# intake + worker) and load the bundled sample notifications through the HTTP
+# intake. Ctrl-C stops it.
 run: $(VENV)/.installed
 	$(BIN)/winchester check -c $(CONFIG)
 	$(BIN)/winchester db upgrade -c $(CONFIG)
-	$(BIN)/winchester worker -c $(CONFIG)
+	$(BIN)/winchester serve -c $(CONFIG) --clock event --load $(SAMPLES)
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -16,12 +16,20 @@ from winchester import __version__
 
 # name -> (module, attribute, one-line help shown by ``winchester --help``)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
+    "archive": ("winchester.cli._archive", "archive",
+                "Count, list and export archived notifications."),
     "check": ("winchester.cli._check", "check", "Validate winchester.yaml and every file it names."),
     "distill": ("winchester.cli._distill", "distill",
                 "Convert captured notifications to events (try your definitions)."),
     "db": ("winchester.cli._db", "db", "Create and migrate the database schema."),
+    "ingest": ("winchester.cli._intake", "ingest",
+               "Consume notifications from the bus into streams."),
     "ingest-file": ("winchester.cli._ingest_file", "ingest_file",
                     "Ingest captured notifications from a JSON-lines file or stdin."),
+    "persistor": ("winchester.cli._intake", "persistor",
+                  "Archive every raw notification from the bus."),
+    "serve": ("winchester.cli._serve", "serve",
+              "Run API, intake, persistor and worker together."),
     "streams": ("winchester.cli._streams", "streams", "List streams; retry failed ones."),
     "version": ("winchester.cli._version", "version", "Print the Winchester version."),
     "worker": ("winchester.cli._worker", "worker",

@@ -20,6 +20,7 @@ from winchester.errors import ConfigError, Problem, TimexSyntaxError
 
 DATABASE_URL_ENV = "WINCHESTER_DATABASE_URL"
 BUS_URL_ENV = "WINCHESTER_BUS_URL"
+API_TOKENS_ENV = "WINCHESTER_API_TOKENS"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # simport syntax, as the original used: "module.path:ClassName", optionally
 # preceded by "directory|" to add that directory to the import path.
@@ -127,6 +128,12 @@ def _string(value: Any) -> str | None:
     return None if isinstance(value, str) else f"must be a string, not {_describe(value)}"
 
 
+def _token_list(value: Any) -> str | None:
+    if isinstance(value, list) and all(isinstance(item, str) and len(item) >= 16 for item in value):
+        return None
+    return f"must be a list of tokens of at least 16 characters, not {_describe(value)}"
+
+
 def _port(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
         return f"must be a port number (0-65535), not {_describe(value)}"
@@ -218,6 +225,9 @@ SECTIONS: dict[str, tuple[SubKey, ...]] = {
     "api": (
         SubKey("host", _text, "127.0.0.1", "Address the HTTP API listens on."),
         SubKey("port", _port, 8000, "Port the HTTP API listens on."),
+        SubKey("tokens", _token_list, [],
+               "Bearer tokens: when set, writes (POST, PUT, DELETE) need `Authorization: Bearer "
+               "<token>`. The `WINCHESTER_API_TOKENS` environment variable (comma-separated) overrides it."),
     ),
 }
 
@@ -302,6 +312,7 @@ class PersistorSettings:
 class ApiSettings:
     host: str = "127.0.0.1"
     port: int = 8000
+    tokens: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -508,7 +519,10 @@ def settings_from_mapping(data: Any, *, source: Path | None, environ: Mapping[st
     intake["priorities"] = tuple(intake["priorities"])
     plain["intake"] = IntakeSettings(**intake)
     plain["persistor"] = PersistorSettings(**sections["persistor"])
-    plain["api"] = ApiSettings(**sections["api"])
+    api = dict(sections["api"])
+    api["tokens"] = tuple(token.strip() for token in environ[API_TOKENS_ENV].split(",") if token.strip()) \
+        if environ.get(API_TOKENS_ENV) else tuple(api["tokens"])
+    plain["api"] = ApiSettings(**api)
     plain["bus_url"] = environ.get(BUS_URL_ENV) or sections["bus"]["url"]
     plain["log_level"] = plain["log_level"].lower()
     plain["pipeline_handlers"] = dict(plain["pipeline_handlers"])

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+import click
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from winchester.cli._options import config_option
+from winchester.cli._setup import open_parts
+from winchester.events import to_naive_utc
+
+
+def _timestamp(_ctx, param, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return to_naive_utc(datetime.fromisoformat(value.strip()))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 timestamp") from None
+
+
+_filters = [
+    click.option("--from", "since", callback=_timestamp, metavar="TIMESTAMP",
+                 help="Only notifications stamped at or after this UTC time."),
+    click.option("--to", "until", callback=_timestamp, metavar="TIMESTAMP",
+                 help="Only notifications stamped before this UTC time."),
+    click.option("--event-type", help="Only this event type."),
+]
+
+
+def filters(command):
+    for option in reversed(_filters):
+        command = option(command)
+    return command
+
+
+@click.group("archive")
+def archive() -> None:
+    """The persistor's archive of raw notifications: count, list, export for replay."""
+
+
+@archive.command("count")
+@config_option
+@filters
+def count(config_file: str, since, until, event_type) -> None:
+    """How many notifications the archive holds (within the filters)."""
+    parts = open_parts(config_file, Console(stderr=True, highlight=False))
+    try:
+        click.echo(parts.store.count_archive(since, until, event_type))
+    finally:
+        parts.store.close()
+
+
+@archive.command("list")
+@config_option
+@filters
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
+def list_archive(config_file: str, since, until, event_type, limit: int) -> None:
+    """The first archived notifications (oldest first), one row each."""
+    parts = open_parts(config_file, Console(stderr=True, highlight=False))
+    table = Table(title_justify="left")
+    for column in ("id", "received", "stamped", "event type", "message id", "publisher", "status"):
+        table.add_column(column, overflow="fold")
+    try:
+        for shown, row in enumerate(parts.store.iter_archive(since, until, event_type, batch=limit)):
+            if shown >= limit:
+                break
+            table.add_row(str(row.id), f"{row.received_at:%Y-%m-%d %H:%M:%S}",
+                          f"{row.generated:%Y-%m-%d %H:%M:%S}" if row.generated else "",
+                          row.event_type or "", row.message_id or "", row.publisher_id or "",
+                          row.status + (f" ({row.reason})" if row.reason else ""))
+    finally:
+        parts.store.close()
+    Console(highlight=False, soft_wrap=True).print(table)
+
+
+@archive.command("export")
+@config_option
+@filters
+@click.option("-o", "--output", type=click.File("wb"), default="-", show_default=True,
+              help="Where to write the JSON lines.")
+@click.option("--raw", is_flag=True,
+              help="Write each body exactly as received (one per line) instead of a JSON object "
+                   "with the archive's columns.")
+def export(config_file: str, since, until, event_type, output, raw: bool) -> None:
+    """Export notifications as JSON lines, oldest first (for replay or rebuilding a store).
+
+    By default each line is {"id", "received_at", "message_id", "event_type",
+    "publisher_id", "status", "reason", "notification"}; `winchester ingest-file
+    --unwrap notification` reads it back.
+    """
+    parts = open_parts(config_file, Console(stderr=True, highlight=False))
+    written = 0
+    try:
+        for row in parts.store.iter_archive(since, until, event_type):
+            if raw:
+                output.write(row.body.replace(b"\n", b" ") + b"\n")
+            else:
+                try:
+                    notification = orjson.loads(row.body)
+                except orjson.JSONDecodeError:
+                    notification = row.body.decode("utf-8", "replace")
+                output.write(orjson.dumps({
+                    "id": row.id, "received_at": row.received_at, "message_id": row.message_id,
+                    "event_type": row.event_type, "publisher_id": row.publisher_id,
+                    "status": row.status, "reason": row.reason, "notification": notification,
+                }) + b"\n")
+            written += 1
+    finally:
+        parts.store.close()
+    click.echo(f"{written:,} notification(s) exported", err=True)

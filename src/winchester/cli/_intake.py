@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import click
+from rich.console import Console
+
+from winchester.cli._options import config_option
+from winchester.cli._setup import open_parts
+from winchester.clock import make_clock
+from winchester.services._consumer import IntakeError
+from winchester.services.ingest import Ingester
+from winchester.services.intake import IngestService, Persistor
+
+
+@contextmanager
+def _stopped_by_signals(service) -> Iterator[None]:
+    previous = {sig: signal.signal(sig, lambda *_: service.stop())
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _default_name(kind: str) -> str:
+    return f"{kind}-{socket.gethostname()}-{os.getpid()}"
+
+
+@click.command("ingest")
+@config_option
+@click.option("--clock", "clock_kind", type=click.Choice(["wall", "event"]), default="wall",
+              show_default=True, help="'event': now follows the notifications' own timestamps.")
+@click.option("--name", help="This process's name in logs [default: ingest-HOST-PID].")
+def ingest(config_file: str, clock_kind: str, name: str | None) -> None:
+    """Consume OpenStack notifications from the bus (bus.url) into events and streams.
+
+    Reads the exchanges, topic and priorities of the intake section, from the
+    publishers' queues or the intake.queue pool; a batch is acknowledged only
+    once committed. Malformed notifications go to the dead-letter table.
+    SIGTERM/SIGINT: the batch in hand is committed and acknowledged, then it exits.
+    """
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    parts = open_parts(config_file, console, distiller=True)
+    ingester = Ingester(parts.store, parts.triggers, parts.distiller, make_clock(clock_kind))
+    service = IngestService(parts.settings.bus_url, parts.settings.intake, ingester,
+                            name=name or _default_name("ingest"))
+    _run(service, console, parts.store)
+    stats = ingester.stats
+    console.print(f"ingest stopped: {stats.received:,} received, {stats.saved:,} saved, "
+                  f"{stats.duplicates:,} duplicates, {sum(stats.rejected.values()):,} rejected",
+                  markup=False)
+
+
+@click.command("persistor")
+@config_option
+@click.option("--name", help="This process's name in logs [default: persistor-HOST-PID].")
+def persistor(config_file: str, name: str | None) -> None:
+    """Archive every raw notification from the bus, as received (the complete history).
+
+    Uses its own queue (persistor.queue) bound to every intake exchange and
+    priority, so it gets a copy of everything whatever ingest does. Applies
+    archive_retention when set.
+    """
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    parts = open_parts(config_file, console)
+    service = Persistor(parts.settings.bus_url, parts.settings.intake, parts.settings.persistor,
+                        parts.store, retention=parts.settings.archive_retention,
+                        name=name or _default_name("persistor"))
+    _run(service, console, parts.store)
+    console.print(f"persistor stopped: {service.archived:,} archived, {service.duplicates:,} "
+                  f"duplicates skipped, {service.trimmed:,} trimmed", markup=False)
+
+
+def _run(service, console: Console, store) -> None:
+    try:
+        with _stopped_by_signals(service):
+            service.run()
+    except IntakeError as exc:
+        console.print(f"error: {exc}", markup=False)
+        sys.exit(2)
+    finally:
+        store.close()

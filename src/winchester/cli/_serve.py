@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import gzip
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from winchester.cli._options import config_option
+from winchester.cli._setup import open_parts
+from winchester.clock import make_clock
+from winchester.config import open_store
+from winchester.services.serve import PARTS, build_server, default_parts
+
+LOAD_BATCH = 500
+
+
+def _parts(_ctx, _param, value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    unknown = [name for name in names if name not in PARTS]
+    if unknown or not names:
+        raise click.BadParameter(f"choose from {', '.join(PARTS)} (comma-separated), not {value!r}")
+    return names
+
+
+@click.command("serve")
+@config_option
+@click.option("--with", "parts", callback=_parts, metavar="PART,...",
+              help=f"Which of {', '.join(PARTS)} to run [default: api,worker with the memory:// "
+                   "bus, all of them with a broker].")
+@click.option("--clock", "clock_kind", type=click.Choice(["wall", "event"]), default="wall",
+              show_default=True, help="'event': now follows the notifications' own timestamps.")
+@click.option("--host", help="Listen address [default: api.host].")
+@click.option("--port", type=click.IntRange(0, 65535), help="Listen port [default: api.port].")
+@click.option("--load", "load_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Once started, post this JSON-lines file (plain or gzip) to the HTTP intake.")
+def serve(config_file: str, parts: tuple[str, ...] | None, clock_kind: str, host: str | None,
+          port: int | None, load_file: Path | None) -> None:
+    """Run the services in one process: HTTP API and intake, ingest, persistor, worker.
+
+    SIGTERM or SIGINT stops intake first, lets in-flight batches commit, then
+    stops the worker after the stream it is running.
+    """
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    loaded = open_parts(config_file, console, distiller=True, pipelines=True)
+    settings = loaded.settings
+    loaded.store.close()
+    chosen = parts or default_parts(settings.bus_url)
+    if load_file is not None and "api" not in chosen:
+        raise click.UsageError("--load posts to the HTTP intake: include api in --with")
+    clock = make_clock(clock_kind)
+    server = build_server(settings, loaded.triggers, loaded.pipelines, loaded.distiller,
+                          lambda: open_store(settings, loaded.triggers), chosen, clock,
+                          host=host, port=port)
+    previous = {sig: signal.signal(sig, lambda *_: server.stop()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.start()
+        if not server.wait_ready():
+            server.stop()
+        else:
+            url = _url(server)
+            console.print(f"winchester serving {', '.join(chosen)} (bus {settings.bus_url}, "
+                          f"database {_safe(settings.database_url)})"
+                          + (f"; API at {url}/docs" if url else ""), markup=False)
+            if load_file is not None:
+                threading.Thread(target=_load, args=(server, url, load_file, settings, loaded.triggers,
+                                                     clock, console), daemon=True).start()
+        server.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    for name, failure in server.failures:
+        console.print(f"error: {name} failed: {type(failure).__name__}: {failure}", markup=False)
+    if server.failures:
+        sys.exit(1)
+
+
+def _url(server) -> str | None:
+    http = getattr(server, "http", None)
+    if http is None:
+        return None
+    host, port = http.config.host, http.config.port
+    for listener in getattr(http, "servers", []) or []:
+        for sock in listener.sockets:
+            host, port = sock.getsockname()[:2]
+    return f"http://{host}:{port}"
+
+
+def _safe(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _load(server, url: str, path: Path, settings, triggers, clock, console: Console) -> None:
+    """Post a file to our own intake, then report what the streams came to."""
+    import httpx
+
+    totals = {"received": 0, "accepted": 0, "duplicates": 0, "unconverted": 0, "rejected": 0}
+    headers = {"content-type": "application/x-ndjson"}
+    if settings.api.tokens:
+        headers["authorization"] = f"Bearer {settings.api.tokens[0]}"
+    opener = gzip.open if path.read_bytes()[:2] == b"\x1f\x8b" else open
+    try:
+        with opener(path, "rb") as lines, httpx.Client(timeout=120) as client:
+            batch: list[bytes] = []
+            for line in lines:
+                if line.strip():
+                    batch.append(line.strip())
+                if len(batch) >= LOAD_BATCH:
+                    _post(client, url, batch, headers, totals)
+                    batch = []
+            if batch:
+                _post(client, url, batch, headers, totals)
+    except (OSError, httpx.HTTPError) as exc:
+        console.print(f"error: loading {path} failed: {exc}", markup=False)
+        return
+    console.print(f"loaded {path}: {totals['received']:,} notifications, {totals['accepted']:,} "
+                  f"accepted, {totals['duplicates']:,} duplicates, {totals['unconverted']:,} "
+                  f"unconverted, {totals['rejected']:,} rejected", markup=False)
+    store = open_store(settings, triggers)
+    try:
+        # Let the worker catch up with what became due.
+        for _ in range(600):
+            if server._stopping.is_set() or not store.count_due_streams(clock.now(), clock.now()):
+                break
+            threading.Event().wait(0.1)
+        states = store.count_streams_by_state()
+        verdicts = {name: count for name, count in store.count_events_by_type().items()
+                    if name.startswith("compute.instance.exists.")}
+    finally:
+        store.close()
+    table = Table(title="Streams by state", title_justify="left")
+    table.add_column("state")
+    table.add_column("streams", justify="right")
+    for state, count in sorted(states.items()):
+        table.add_row(state, f"{count:,}")
+    console.print(table)
+    for name, count in sorted(verdicts.items()):
+        console.print(f"{name}: {count:,}", markup=False)
+    console.print(f"look around: {url}/docs (API), {url}/healthz; `winchester streams list -c ...`;"
+                  " Ctrl-C stops", markup=False)
+
+
+def _post(client, url: str, batch: list[bytes], headers: dict, totals: dict) -> None:
+    response = client.post(f"{url}/v1/notifications", content=b"\n".join(batch), headers=headers)
+    response.raise_for_status()
+    answer = response.json()
+    for key in totals:
+        totals[key] += answer.get(key, 0)

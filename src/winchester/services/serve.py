@@ -1,0 +1,158 @@
+"""`winchester serve`: the services in one process.
+
+For the embedded default (SQLite, ``memory://`` bus) that is the HTTP API
+with its intake plus a pipeline worker; against RabbitMQ and PostgreSQL any
+subset of api, ingest, persistor and worker, each also runnable on its own
+(``winchester ingest``, ``persistor``, ``worker``). Each part runs in its own
+thread with its own store connection pool; a stop request stops intake first,
+lets in-flight batches commit, then stops the worker after its current stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from winchester.clock import Clock, WallClock
+from winchester.store import Store
+
+logger = logging.getLogger(__name__)
+
+PARTS = ("api", "ingest", "persistor", "worker")
+# Stopped in this order: nothing new comes in while the rest drains.
+STOP_ORDER = ("api", "ingest", "persistor", "worker")
+
+
+def default_parts(bus_url: str) -> tuple[str, ...]:
+    """Without a broker there is nothing to consume: the API is the way in."""
+    if bus_url.startswith("memory://"):
+        return ("api", "worker")
+    return PARTS
+
+
+@dataclass
+class Part:
+    name: str
+    run: Callable[[], Any]
+    stop: Callable[[], Any]
+    ready: Callable[[], bool] = lambda: True
+    thread: threading.Thread | None = None
+    failure: BaseException | None = None
+
+
+@dataclass
+class Server:
+    """Runs parts in threads; :meth:`stop` is safe from a signal handler."""
+
+    parts: list[Part] = field(default_factory=list)
+    stores: list[Store] = field(default_factory=list)
+    clock: Clock = field(default_factory=WallClock)
+    _stopping: threading.Event = field(default_factory=threading.Event)
+
+    def add(self, part: Part) -> None:
+        self.parts.append(part)
+
+    def start(self) -> None:
+        for part in self.parts:
+            part.thread = threading.Thread(target=self._run, args=(part,), name=f"winchester-{part.name}",
+                                           daemon=True)
+            part.thread.start()
+            logger.info("started %s", part.name)
+
+    def _run(self, part: Part) -> None:
+        try:
+            part.run()
+        except BaseException as exc:  # noqa: BLE001 - one part failing stops the server, loudly
+            part.failure = exc
+            logger.critical("%s stopped with %s: %s; stopping the server", part.name,
+                            type(exc).__name__, exc, exc_info=True)
+            self.stop()
+
+    def wait_ready(self, timeout: float = 30.0) -> bool:
+        deadline = threading.Event()
+        for _ in range(int(timeout * 10)):
+            if all(part.ready() for part in self.parts) or self._stopping.is_set():
+                return all(part.ready() for part in self.parts)
+            deadline.wait(0.1)
+        return False
+
+    def stop(self) -> None:
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        for name in STOP_ORDER:
+            for part in self.parts:
+                if part.name == name:
+                    part.stop()
+
+    def wait(self) -> None:
+        """Block until stopped (by :meth:`stop` or a part failing), then join every part."""
+        while not self._stopping.wait(0.5):
+            pass
+        for name in STOP_ORDER:
+            for part in self.parts:
+                if part.name == name and part.thread is not None:
+                    part.thread.join(60)
+                    if part.thread.is_alive():
+                        logger.error("%s did not stop within 60s", part.name)
+        for store in self.stores:
+            store.close()
+
+    @property
+    def failures(self) -> list[tuple[str, BaseException]]:
+        return [(part.name, part.failure) for part in self.parts if part.failure is not None]
+
+
+def build_server(settings: Any, triggers: Any, pipelines: Any, distiller: Any, open_store: Callable[[], Store],
+                 parts: Iterable[str], clock: Clock, *, host: str | None = None,
+                 port: int | None = None, worker_name: str = "serve") -> Server:
+    """Assemble the requested parts; each gets its own store (connection pool)."""
+    from winchester.services.ingest import Ingester
+    from winchester.services.intake import DirectIntake, IngestService, Persistor
+    from winchester.services.worker import build_worker
+
+    server = Server(clock=clock)
+    wanted = list(parts)
+    unknown = [name for name in wanted if name not in PARTS]
+    if unknown:
+        raise ValueError(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+
+    def store() -> Store:
+        opened = open_store()
+        server.stores.append(opened)
+        return opened
+
+    if "worker" in wanted:
+        worker = build_worker(settings, store(), triggers, pipelines, name=worker_name, clock=clock)
+        server.add(Part("worker", worker.run, worker.stop))
+    if "persistor" in wanted:
+        persistor = Persistor(settings.bus_url, settings.intake, settings.persistor, store(),
+                              retention=settings.archive_retention)
+        server.add(Part("persistor", persistor.run, persistor.stop, persistor.consumer.ready.is_set))
+    if "ingest" in wanted:
+        service = IngestService(settings.bus_url, settings.intake,
+                                Ingester(store(), triggers, distiller, clock))
+        server.add(Part("ingest", service.run, service.stop, service.consumer.ready.is_set))
+    if "api" in wanted:
+        import uvicorn
+
+        from winchester.api import create_app
+
+        api_store = store()
+        # With the persistor running, it archives what the broker brings; the
+        # HTTP intake archives what it takes itself, so the archive stays complete.
+        intake = DirectIntake(Ingester(api_store, triggers, distiller, clock), api_store)
+        app = create_app(api_store, intake, tokens=settings.api.tokens)
+        config = uvicorn.Config(app, host=host or settings.api.host, port=port or settings.api.port,
+                                log_level="warning", lifespan="off")
+        http = uvicorn.Server(config)
+
+        def stop_http() -> None:
+            http.should_exit = True
+
+        server.add(Part("api", http.run, stop_http, lambda: http.started))
+        server.http = http  # type: ignore[attr-defined]
+    return server
