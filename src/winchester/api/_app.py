@@ -78,7 +78,8 @@ def create_app(store: Store, intake: DirectIntake | None = None,
             return await run_in_threadpool(intake.accept, bodies)
         except StoreError as exc:
             logger.error("HTTP intake could not store %d notification(s): %s", len(bodies), exc)
-            raise HTTPException(503, f"the store is unavailable, nothing was accepted: {exc}") from None
+            raise HTTPException(503, f"the store is unavailable and the notifications may not all be "
+                                     f"stored; post them again (duplicates are recognised): {exc}") from None
 
     return app
 

@@ -89,6 +89,8 @@ def _url(server) -> str | None:
     for listener in getattr(http, "servers", []) or []:
         for sock in listener.sockets:
             host, port = sock.getsockname()[:2]
+    if ":" in host:  # IPv6 literals need brackets in a URL
+        host = f"[{host}]"
     return f"http://{host}:{port}"
 
 
@@ -118,8 +120,8 @@ def _load(server, url: str, path: Path, settings, triggers, clock, console: Cons
                     batch = []
             if batch:
                 _post(client, url, batch, headers, totals)
-    except (OSError, httpx.HTTPError) as exc:
-        console.print(f"error: loading {path} failed: {exc}", markup=False)
+    except Exception as exc:  # noqa: BLE001 - a failed load is reported; the server keeps running
+        console.print(f"error: loading {path} failed: {type(exc).__name__}: {exc}", markup=False)
         return
     console.print(f"loaded {path}: {totals['received']:,} notifications, {totals['accepted']:,} "
                   f"accepted, {totals['duplicates']:,} duplicates, {totals['unconverted']:,} "

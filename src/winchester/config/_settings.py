@@ -129,9 +129,11 @@ def _string(value: Any) -> str | None:
 
 
 def _token_list(value: Any) -> str | None:
-    if isinstance(value, list) and all(isinstance(item, str) and len(item) >= 16 for item in value):
-        return None
-    return f"must be a list of tokens of at least 16 characters, not {_describe(value)}"
+    # Never echo the value: these are secrets.
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        return f"must be a list of token strings, not a {type(value).__name__}"
+    short = sum(1 for item in value if len(item) < 16)
+    return f"{short} of {len(value)} token(s) shorter than 16 characters" if short else None
 
 
 def _port(value: Any) -> str | None:
@@ -283,7 +285,7 @@ KEYS: tuple[Key, ...] = (
     Key("archive_retention", _optional_time_expression, None,
         help="Time expression: archived notifications received before it are deleted "
              "(e.g. `$timestamp - 90d`). Off by default: the archive keeps everything."),
-    Key("api", _section, None, help="The HTTP API and intake: `host`, `port`."),
+    Key("api", _section, None, help="The HTTP API and intake: `host`, `port`, `tokens`."),
     Key("time_sync_endpoint", _optional_text, None,
         help="Accepted from old configurations; the built-in event clock replaces the time-sync service."),
 )
@@ -520,8 +522,13 @@ def settings_from_mapping(data: Any, *, source: Path | None, environ: Mapping[st
     plain["intake"] = IntakeSettings(**intake)
     plain["persistor"] = PersistorSettings(**sections["persistor"])
     api = dict(sections["api"])
-    api["tokens"] = tuple(token.strip() for token in environ[API_TOKENS_ENV].split(",") if token.strip()) \
-        if environ.get(API_TOKENS_ENV) else tuple(api["tokens"])
+    if environ.get(API_TOKENS_ENV):
+        tokens = [token.strip() for token in environ[API_TOKENS_ENV].split(",") if token.strip()]
+        message = _token_list(tokens)
+        if message:
+            raise ConfigError(Problem(file=API_TOKENS_ENV, where="api.tokens", message=message))
+        api["tokens"] = tokens
+    api["tokens"] = tuple(api["tokens"])
     plain["api"] = ApiSettings(**api)
     plain["bus_url"] = environ.get(BUS_URL_ENV) or sections["bus"]["url"]
     plain["log_level"] = plain["log_level"].lower()

@@ -146,7 +146,8 @@ def build_server(settings: Any, triggers: Any, pipelines: Any, distiller: Any, o
         # HTTP intake archives what it takes itself, so the archive stays complete.
         intake = DirectIntake(Ingester(api_store, triggers, distiller, clock), api_store)
         app = create_app(api_store, intake, tokens=settings.api.tokens)
-        config = uvicorn.Config(app, host=host or settings.api.host, port=port or settings.api.port,
+        config = uvicorn.Config(app, host=host if host is not None else settings.api.host,
+                                port=port if port is not None else settings.api.port,
                                 log_level="warning", lifespan="off")
         http = uvicorn.Server(config)
 
