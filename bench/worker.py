@@ -94,9 +94,9 @@ def work(url: str, name: str, batch_size: int, log_file: str, barrier, results) 
     worker = Worker(store, triggers, pipelines, name=name, clock=FixedClock(NOW),
                     batch_size=batch_size, purge_completed=True)
     barrier.wait()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     processed = worker.run_until_idle()
-    results.put((name, processed, time.perf_counter() - started))
+    results.put((name, processed, time.perf_counter() - started, time.process_time() - cpu))
     store.close()
 
 
@@ -127,6 +127,14 @@ class _Vacuum:
         self._thread.join()
 
 
+def _busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (Linux /proc/stat)."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(kind: str, workers: int, args: argparse.Namespace) -> dict:
     with database(kind) as url:
         seconds_to_seed = seed(url, args.streams, args.events)
@@ -138,10 +146,11 @@ def measure(kind: str, workers: int, args: argparse.Namespace) -> dict:
         for process in processes:
             process.start()
         barrier.wait()
-        started = time.perf_counter()
+        started, busy = time.perf_counter(), _busy_seconds()
         vacuuming = _Vacuum(url, args.vacuum) if kind == "postgresql" and args.vacuum else None
         finished = [results.get() for _ in processes]
         elapsed = time.perf_counter() - started
+        machine = _busy_seconds() - busy
         if vacuuming:
             vacuuming.stop()
         for process in processes:
@@ -149,10 +158,12 @@ def measure(kind: str, workers: int, args: argparse.Namespace) -> dict:
         store = Store.from_url(url)
         left = store.count_streams()
         store.close()
-    processed = sum(count for _, count, _ in finished)
+    processed = sum(count for _, count, _, _ in finished)
+    worker_cpu = sum(cpu for _, _, _, cpu in finished)
     return {"db": kind, "workers": workers, "streams": processed, "left": left,
             "seconds": elapsed, "rate": processed / elapsed, "seed_seconds": seconds_to_seed,
-            "per_worker": sorted((name, count) for name, count, _ in finished)}
+            "per_worker": sorted((name, count) for name, count, _, _ in finished),
+            "worker_cpu": worker_cpu, "other_cpu": max(0.0, machine - worker_cpu)}
 
 
 def main() -> None:
@@ -182,6 +193,8 @@ def main() -> None:
         print(f"{kind:<10} {workers} worker(s): {result['rate']:>8,.0f} streams/s  "
               f"({result['streams']:,} in {result['seconds']:.2f}s; split {result['per_worker']}; "
               f"seeding took {result['seed_seconds']:.1f}s){check}")
+        print(f"{'':<21}CPU: workers {result['worker_cpu']:.1f}s, everything else (the database) "
+              f"{result['other_cpu']:.1f}s, of {result['seconds'] * os.cpu_count():.1f}s available")
     if ("postgresql", 1) in figures and ("postgresql", 2) in figures:
         print(f"postgresql scaling, 2 workers / 1: {figures[('postgresql', 2)] / figures[('postgresql', 1)]:.2f}x")
 

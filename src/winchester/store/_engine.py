@@ -29,7 +29,18 @@ def create_engine(url: str | URL, **options) -> Engine:
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, **options)
-    return sa.create_engine(parsed, pool_pre_ping=True, **options)
+    engine = sa.create_engine(parsed, pool_pre_ping=True, **options)
+    if parsed.get_backend_name() == "postgresql":
+        @sa.event.listens_for(engine, "connect")
+        def _session_settings(dbapi_connection, _record):
+            # Winchester runs many small, index-driven statements: starting
+            # parallel query workers or JIT-compiling for them costs more CPU
+            # than it saves (measured: most of the server's time in bench/worker.py).
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute("SET jit = off")
+                cursor.execute("SET max_parallel_workers_per_gather = 0")
+            dbapi_connection.commit()
+    return engine
 
 
 def _sqlite_engine(url: URL, **options) -> Engine:
