@@ -20,6 +20,7 @@ import logging
 import socket
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -113,6 +114,8 @@ class NotificationConsumer:
         self._stopping = threading.Event()
         self._sleep = sleep or self._stopping.wait
         self._batch: list[tuple[Delivery, Any]] = []
+        self._in_flight: tuple[Future, list[tuple[Delivery, Any]]] | None = None
+        self._store_thread: ThreadPoolExecutor | None = None
         self._batch_started = 0.0
         self.ready = threading.Event()  # set once declared and consuming (tests, serve)
         probe = Connection(url)
@@ -141,6 +144,11 @@ class NotificationConsumer:
         (typically a durability mismatch with the publishers).
         """
         backoff = 1.0
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-store") as pool:
+            self._store_thread = pool
+            self._run(backoff)
+
+    def _run(self, backoff: float) -> None:
         while not self.stopping:
             try:
                 with Connection(self.url, connect_timeout=self.connect_timeout) as connection:
@@ -150,12 +158,13 @@ class NotificationConsumer:
                     return
             except _Abandoned:
                 logger.warning("%s: stopped with %d unstored message(s) left unacknowledged "
-                               "(the broker delivers them again)", self.name, len(self._batch))
+                               "(the broker delivers them again)", self.name,
+                               len(self._batch) + self._forget_in_flight())
                 self._batch.clear()
                 return
             except self._recoverable as exc:
                 # Unacknowledged messages go back to the queue with the connection.
-                dropped = len(self._batch)
+                dropped = len(self._batch) + self._forget_in_flight()
                 self._batch.clear()
                 self.stats.reconnects += 1
                 self.stats.last_error = str(exc)
@@ -179,6 +188,11 @@ class NotificationConsumer:
             self.ready.set()
             while not self.stopping:
                 wait = 1.0
+                if self._in_flight is not None:
+                    if self._in_flight[0].done():
+                        self._settle()  # acknowledged as soon as stored, not at the next batch
+                    else:
+                        wait = 0.05
                 if self._batch:
                     wait = self._batch_started + self.batch_seconds - time.monotonic()
                     if wait <= 0 or len(self._batch) >= self.batch_size:
@@ -193,6 +207,7 @@ class NotificationConsumer:
             # Stop receiving, then finish what is in hand.
         if self._batch:
             self._flush()
+        self._settle()
 
     def _declare(self, connection: Connection, channel) -> None:
         exchanges, queues = self.subscription.declarations()
@@ -220,13 +235,52 @@ class NotificationConsumer:
         self.stats.received += 1
 
     def _flush(self) -> None:
-        batch = self._batch
-        deliveries = [delivery for delivery, _ in batch]
+        """Hand the batch in hand to the store thread; acknowledge the previous one once stored.
+
+        One batch is stored while the next is received: the store's database
+        round trips and the broker's deliveries overlap instead of taking
+        turns. At most two batches are unacknowledged (the prefetch allows it).
+        """
+        batch, self._batch = self._batch, []
+        self._settle()
+        future = self._store_thread.submit(self._store, [delivery for delivery, _ in batch])
+        self._in_flight = (future, batch)
+
+    def _settle(self) -> None:
+        """Wait for the batch being stored, then acknowledge it (on this, the channel's thread)."""
+        if self._in_flight is None:
+            return
+        future, batch = self._in_flight
+        self._in_flight = None
+        future.result()  # _Abandoned when stopping with it unstored
+        if self._ack_multiple:
+            # One acknowledgement covers the whole batch: it came on this channel,
+            # and every earlier message is acknowledged already.
+            batch[-1][1].ack(multiple=True)
+        else:
+            for _, message in batch:
+                message.ack()
+        self.stats.acknowledged += len(batch)
+        self.stats.batches += 1
+
+    def _forget_in_flight(self) -> int:
+        """After losing the connection: let the batch being stored finish, unacknowledged."""
+        if self._in_flight is None:
+            return 0
+        future, batch = self._in_flight
+        self._in_flight = None
+        try:
+            future.result()
+        except BaseException:  # noqa: BLE001 - it is redelivered either way
+            pass
+        return len(batch)
+
+    def _store(self, deliveries: list[Delivery]) -> None:
         backoff = 1.0
         while True:
             try:
                 self.handle_batch(deliveries)
-                break
+                return
             except Exception as exc:  # noqa: BLE001 - the batch stays unacknowledged; retry
                 self.stats.handler_failures += 1
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
@@ -237,15 +291,6 @@ class NotificationConsumer:
                     raise _Abandoned from exc
                 self._sleep(backoff)
                 backoff = min(MAX_BACKOFF, backoff * 2)
-        if self._ack_multiple:
-            # One acknowledgement covers the whole batch (all came on this channel).
-            batch[-1][1].ack(multiple=True)
-        else:
-            for _, message in batch:
-                message.ack()
-        self.stats.acknowledged += len(batch)
-        self.stats.batches += 1
-        self._batch = []
 
 
 __all__ = ["ConsumerStats", "Delivery", "IntakeError", "NotificationConsumer", "Subscription"]
