@@ -319,3 +319,21 @@ def test_the_in_memory_transport_feeds_ingest_too(parts):
                              content_type="application/json", content_encoding="utf-8")
     wait_until(lambda: store.count_events() == 25, what="25 events")
     stop(service, thread)
+
+
+@pytest.mark.rabbitmq
+def test_two_ingest_processes_share_a_queue_and_a_database(broker, parts):
+    """Two consumers of one queue, one store: every notification stored once, none lost."""
+    settings, triggers, store = parts
+    services = [IngestService(broker.url, broker.intake(batch_size=20),
+                              Ingester(open_store(settings, triggers), triggers, build_distiller(settings),
+                                       FixedClock(NOW)), name=f"ingest-{n}") for n in range(2)]
+    threads = [start(service) for service in services]
+    broker.publish([notification(n) for n in range(600)])
+    wait_until(lambda: store.count_events() == 600, what="600 events")
+    for service, thread in zip(services, threads, strict=True):
+        stop(service, thread)
+        service.ingester.store.close()
+    assert all(service.consumer.stats.acknowledged > 0 for service in services)
+    assert sum(service.ingester.stats.saved for service in services) == 600
+    assert len({s.distinguishing_traits["instance_id"] for s in store.list_streams()}) == 7
