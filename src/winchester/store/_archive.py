@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from winchester.store._schema import KEY_LENGTH, archive
@@ -40,6 +39,7 @@ class ArchiveStore:
 
     engine: Any
     _dialect: str
+    _bulk: Any
 
     def archive_notifications(self, rows: Sequence[Mapping[str, Any]]) -> ArchiveResult:
         """Keep raw notifications; one transaction. A ``message_id`` already archived is skipped.
@@ -51,17 +51,12 @@ class ArchiveStore:
         """
         if not rows:
             return ArchiveResult(0, 0)
-        values = [{
-            "received_at": row["received_at"], "message_id": _clip(row.get("message_id")),
-            "event_type": _clip(row.get("event_type")), "publisher_id": _clip(row.get("publisher_id")),
-            "generated": row.get("generated"), "status": row.get("status", ARCHIVED),
-            "reason": row.get("reason"), "body": row["body"],
-        } for row in rows]
-        insert = (postgresql.insert(archive) if self._dialect == "postgresql" else sqlite.insert(archive))
-        statement = insert.on_conflict_do_nothing(index_elements=["message_id"]).returning(archive.c.id)
+        values = [(row["received_at"], _clip(row.get("message_id")), _clip(row.get("event_type")),
+                   _clip(row.get("publisher_id")), row.get("generated"), row.get("status", ARCHIVED),
+                   row.get("reason"), row["body"]) for row in rows]
 
         def write(connection: Connection) -> int:
-            return len(connection.execute(statement, values).all())
+            return self._bulk.insert_archive(connection, values)
 
         archived = self._retrying(write)
         return ArchiveResult(archived, len(values) - archived)

@@ -18,6 +18,8 @@ from winchester.errors import WinchesterError
 
 # (message_id, event_type_id, generated, traits JSON)
 EventRow = tuple[str, int, datetime, str]
+# received_at, message_id, event_type, publisher_id, generated, status, reason, body
+ArchiveRow = tuple[datetime, str | None, str | None, str | None, datetime | None, str, str | None, bytes]
 # (event_id, name, type, t_string, t_int, t_float, t_datetime)
 TraitRow = tuple[int, str, int, str | None, int | None, float | None, datetime | None]
 # (id, trigger_name, dist_key, open_key, distinguishing_traits, first, last, expire, fire_at,
@@ -48,6 +50,10 @@ class BulkWriter:
         raise NotImplementedError
 
     def insert_members(self, connection: Connection, rows: Sequence[tuple[int, int]]) -> None:
+        raise NotImplementedError
+
+    def insert_archive(self, connection: Connection, rows: Sequence[ArchiveRow]) -> int:
+        """Archive raw notifications, skipping a message_id already kept; how many were added."""
         raise NotImplementedError
 
 
@@ -117,6 +123,14 @@ class SQLiteWriter(BulkWriter):
             "INSERT INTO stream_events (stream_id, event_id) VALUES (?, ?)", list(rows))
 
 
+    def insert_archive(self, connection: Connection, rows: Sequence[ArchiveRow]) -> int:
+        cursor = connection.exec_driver_sql(
+            "INSERT INTO archive (received_at, message_id, event_type, publisher_id, generated, "
+            "status, reason, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING",
+            [(_sqlite_time(row[0]), *row[1:4], _sqlite_time(row[4]), *row[5:]) for row in rows])
+        return cursor.rowcount
+
+
 class PostgreSQLWriter(BulkWriter):
     """PostgreSQL: rows travel by COPY, the fastest way in; new rows are copied straight
     into their table, rows that may conflict or update go through a temporary table."""
@@ -172,6 +186,18 @@ class PostgreSQLWriter(BulkWriter):
 
     def insert_members(self, connection: Connection, rows: Sequence[tuple[int, int]]) -> None:
         self._copy(connection, "stream_events (stream_id, event_id)", rows)
+
+    def insert_archive(self, connection: Connection, rows: Sequence[ArchiveRow]) -> int:
+        self._staging(connection, "incoming_archive", "received_at timestamp, message_id varchar(255), "
+                      "event_type varchar(255), publisher_id varchar(255), generated timestamp, "
+                      "status varchar(16), reason text, body bytea, ord serial")
+        self._copy(connection, "incoming_archive (received_at, message_id, event_type, publisher_id, "
+                   "generated, status, reason, body)", rows)
+        return connection.exec_driver_sql(
+            "INSERT INTO archive (received_at, message_id, event_type, publisher_id, generated, "
+            "status, reason, body) SELECT received_at, message_id, event_type, publisher_id, "
+            "generated, status, reason, body FROM incoming_archive ORDER BY ord "
+            "ON CONFLICT (message_id) DO NOTHING").rowcount
 
 
 def writer_for(dialect: str) -> BulkWriter:
