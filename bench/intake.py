@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import threading
 import time
 import uuid
@@ -51,17 +52,27 @@ def publish(exchange_name: str, topic: str, count: int, instances: int) -> float
     return count / (time.perf_counter() - started)
 
 
-def drain(service, done) -> float:
-    """Run ``service`` until ``done()``; seconds from start to the last commit."""
+def _busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (Linux /proc/stat)."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def drain(service, done) -> tuple[float, str]:
+    """Run ``service`` until ``done()``; seconds from start to the last commit, and where the CPU went."""
     thread = threading.Thread(target=service.run, daemon=True)
-    started = time.perf_counter()
+    started, busy, own = time.perf_counter(), _busy_seconds(), time.process_time()
     thread.start()
     while not done():
         time.sleep(0.05)
     elapsed = time.perf_counter() - started
+    own, busy = time.process_time() - own, _busy_seconds() - busy
     service.stop()
     thread.join(60)
-    return elapsed
+    cpu = (f"CPU: Winchester {own:.1f}s, broker + database + rest {max(0.0, busy - own):.1f}s, "
+           f"of {elapsed * os.cpu_count():.1f}s available")
+    return elapsed, cpu
 
 
 def run(kind: str, args: argparse.Namespace) -> None:
@@ -87,14 +98,15 @@ def run(kind: str, args: argparse.Namespace) -> None:
                 service.consumer._declare(connection, connection.channel())
         rate = publish(exchange, topic, args.count, args.instances)
         print(f"{kind}: published {args.count:,} notifications ({rate:,.0f}/s)")
-        seconds = drain(ingest, lambda: ingest.consumer.stats.acknowledged >= args.count)
+        seconds, cpu = drain(ingest, lambda: ingest.consumer.stats.acknowledged >= args.count)
         stats = ingester.stats
         print(f"{kind}: ingest   {args.count / seconds:>8,.0f} notifications/s "
               f"({args.count:,} in {seconds:.1f}s; {stats.saved:,} events saved, "
-              f"{stats.unconverted:,} unconverted, {sum(stats.rejected.values()):,} rejected)")
-        seconds = drain(persistor, lambda: persistor.consumer.stats.acknowledged >= args.count)
+              f"{stats.unconverted:,} unconverted, {sum(stats.rejected.values()):,} rejected)\n"
+              f"{'':<18}{cpu}")
+        seconds, cpu = drain(persistor, lambda: persistor.consumer.stats.acknowledged >= args.count)
         print(f"{kind}: persistor {args.count / seconds:>7,.0f} notifications/s "
-              f"({persistor.archived:,} archived in {seconds:.1f}s)")
+              f"({persistor.archived:,} archived in {seconds:.1f}s)\n{'':<18}{cpu}")
         store.close()
     with Connection(AMQP) as connection:
         channel = connection.channel()

@@ -115,6 +115,7 @@ class NotificationConsumer:
         self._sleep = sleep or self._stopping.wait
         self._batch: list[tuple[Delivery, Any]] = []
         self._in_flight: tuple[Future, list[tuple[Delivery, Any]]] | None = None
+        self._channel: Any = None
         self._store_thread: ThreadPoolExecutor | None = None
         self._batch_started = 0.0
         self.ready = threading.Event()  # set once declared and consuming (tests, serve)
@@ -182,32 +183,52 @@ class NotificationConsumer:
         _, queues = self.subscription.declarations()
         # Enough prefetch for a full batch plus the next one arriving meanwhile.
         channel.basic_qos(0, min(65535, self.batch_size * 2), False)
-        with Consumer(channel, queues, on_message=self._on_message, no_ack=False):
-            logger.info("%s: consuming %s from %s", self.name,
-                        ", ".join(queue.name for queue in queues), self.safe_url())
-            self.ready.set()
-            while not self.stopping:
-                wait = 1.0
-                if self._in_flight is not None:
-                    if self._in_flight[0].done():
-                        self._settle()  # acknowledged as soon as stored, not at the next batch
-                    else:
-                        wait = 0.05
-                if self._batch:
-                    wait = self._batch_started + self.batch_seconds - time.monotonic()
-                    if wait <= 0 or len(self._batch) >= self.batch_size:
-                        self._flush()
-                        continue
-                try:
-                    connection.drain_events(timeout=min(wait, 1.0))
-                except socket.timeout:
-                    pass
-                if len(self._batch) >= self.batch_size:
-                    self._flush()
-            # Stop receiving, then finish what is in hand.
+        self._channel = channel
+        names = ", ".join(queue.name for queue in queues)
+        if self._ack_multiple:
+            # On AMQP, straight from the protocol library: kombu's message
+            # objects and decoding cost a fifth of the time per notification,
+            # and bodies are kept as raw bytes anyway.
+            tags = [channel.basic_consume(queue=queue.name, callback=self._on_amqp_message,
+                                          no_ack=False) for queue in queues]
+            try:
+                self._loop(connection, names)
+            finally:
+                for tag in tags:
+                    try:
+                        channel.basic_cancel(tag)
+                    except Exception:  # noqa: BLE001 - the connection may be gone already
+                        pass
+        else:
+            with Consumer(channel, queues, on_message=self._on_message, no_ack=False):
+                self._loop(connection, names)
+        # Stop receiving, then finish what is in hand.
         if self._batch:
             self._flush()
         self._settle()
+
+    def _loop(self, connection: Connection, names: str) -> None:
+        logger.info("%s: consuming %s from %s", self.name, names, self.safe_url())
+        self.ready.set()
+        while not self.stopping:
+            wait = 1.0
+            if self._in_flight is not None:
+                if self._in_flight[0].done():
+                    self._settle()  # acknowledged as soon as stored, not at the next batch
+                else:
+                    wait = 0.05
+            if self._batch:
+                due = self._batch_started + self.batch_seconds - time.monotonic()
+                if due <= 0 or len(self._batch) >= self.batch_size:
+                    self._flush()
+                    continue
+                wait = min(wait, due)
+            try:
+                connection.drain_events(timeout=wait)
+            except socket.timeout:
+                pass
+            if len(self._batch) >= self.batch_size:
+                self._flush()
 
     def _declare(self, connection: Connection, channel) -> None:
         exchanges, queues = self.subscription.declarations()
@@ -224,6 +245,17 @@ class NotificationConsumer:
                         f"properties ({exc}). Set intake.durable to match the publishers "
                         "(oslo.messaging's amqp_durable_queues)") from None
                 raise
+
+    def _on_amqp_message(self, message) -> None:
+        if not self._batch:
+            self._batch_started = time.monotonic()
+        info = message.delivery_info
+        body = message.body
+        if not isinstance(body, bytes):
+            body = bytes(body) if isinstance(body, (bytearray, memoryview)) else str(body).encode()
+        self._batch.append((Delivery(body, info.get("exchange", ""), info.get("routing_key", ""),
+                                     bool(info.get("redelivered"))), info["delivery_tag"]))
+        self.stats.received += 1
 
     def _on_message(self, message) -> None:
         if not self._batch:
@@ -256,7 +288,7 @@ class NotificationConsumer:
         if self._ack_multiple:
             # One acknowledgement covers the whole batch: it came on this channel,
             # and every earlier message is acknowledged already.
-            batch[-1][1].ack(multiple=True)
+            self._channel.basic_ack(batch[-1][1], multiple=True)
         else:
             for _, message in batch:
                 message.ack()
