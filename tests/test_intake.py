@@ -337,3 +337,95 @@ def test_two_ingest_processes_share_a_queue_and_a_database(broker, parts):
     assert all(service.consumer.stats.acknowledged > 0 for service in services)
     assert sum(service.ingester.stats.saved for service in services) == 600
     assert len({s.distinguishing_traits["instance_id"] for s in store.list_streams()}) == 7
+
+
+class _Proxy:
+    """A TCP relay in front of RabbitMQ that can be taken away and brought back (a broker outage)."""
+
+    def __init__(self, target: tuple[str, int], port: int = 0):
+        import socket
+
+        self.target = target
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", port))
+        self.listener.listen()
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source, sink) -> None:
+        import socket
+
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for end in (source, sink):
+            try:
+                end.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        import socket
+
+        for sock in [self.listener, *self.sockets]:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+
+@pytest.mark.rabbitmq
+def test_the_consumer_waits_out_a_long_broker_outage(broker, parts):
+    """The broker unreachable for several reconnection attempts: ingest keeps retrying, then carries on."""
+    settings, triggers, store = parts
+    proxy = _Proxy(("127.0.0.1", 5672))
+    proxied = broker.url.replace("127.0.0.1:5672", f"127.0.0.1:{proxy.port}")
+    sleeps = []
+    service = IngestService(proxied, broker.intake(), Ingester(store, triggers, build_distiller(settings),
+                                                               FixedClock(NOW)))
+    service.consumer._sleep = lambda seconds: (sleeps.append(seconds), time.sleep(0.2))
+    thread = start(service)
+    port = proxy.port
+    proxy.close()
+    wait_until(lambda: len(sleeps) >= 3, what="three failed reconnection attempts")
+    proxy = _Proxy(("127.0.0.1", 5672), port)
+    try:
+        wait_until(service.consumer.ready.is_set, what="reconnected")
+        broker.publish([notification(n) for n in range(10)])
+        wait_until(lambda: store.count_events() == 10, what="10 events")
+        assert thread.is_alive() and service.consumer.stats.reconnects >= 3
+        stop(service, thread)
+    finally:
+        proxy.close()
+
+
+def test_archive_rows_never_carry_nul_and_find_ceilometer_ids():
+    """NUL (PostgreSQL cannot store it) is replaced in text columns; Ceilometer's metadata id is used."""
+    from winchester.services.intake import archive_row
+
+    bad = archive_row(orjson.dumps({**notification(1), "publisher_id": "compute\x00host"}), NOW)
+    assert bad["publisher_id"] == "compute\ufffdhost" and bad["status"] == "archived"
+    rejected = archive_row(orjson.dumps({**notification(2), "message_id": "m\x002"}), NOW)
+    assert rejected["status"] == "rejected" and "\x00" not in rejected["message_id"]
+    ceilometer = {"event_type": "compute.instance.update", "payload": {},
+                  "metadata": {"message_id": "from-metadata", "timestamp": "2026-11-22 10:00:00"}}
+    assert archive_row(orjson.dumps(ceilometer), NOW)["message_id"] == "from-metadata"

@@ -64,9 +64,14 @@ def create_app(store: Store, intake: DirectIntake | None = None,
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
             raise HTTPException(413, f"request body over {MAX_BODY_BYTES} bytes")
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            raise HTTPException(413, f"request body over {MAX_BODY_BYTES} bytes")
+        # Counted as it arrives: a chunked upload has no Content-Length to check first.
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise HTTPException(413, f"request body over {MAX_BODY_BYTES} bytes")
+            chunks.append(chunk)
+        body = b"".join(chunks)
         bodies = split_notifications(body)
         if len(bodies) > MAX_NOTIFICATIONS:
             raise HTTPException(413, f"{len(bodies)} notifications in one request; at most "

@@ -62,8 +62,19 @@ def serve(config_file: str, parts: tuple[str, ...] | None, clock_kind: str, host
     try:
         server.start()
         if not server.wait_ready():
-            server.stop()
-        else:
+            waiting = server.not_ready()
+            if server.failures:
+                pass  # reported below, once every part has stopped
+            elif "api" in waiting:
+                console.print("error: the API did not start within 30s", markup=False)
+                server.stop()
+                server.wait()
+                sys.exit(1)
+            else:
+                # A broker that is not up yet is waited for: those parts keep reconnecting.
+                console.print(f"warning: {', '.join(waiting)} not connected yet; retrying in the "
+                              "background", markup=False)
+        if not server.failures:
             url = _url(server)
             console.print(f"winchester serving {', '.join(chosen)} (bus {settings.bus_url}, "
                           f"database {_safe(settings.database_url)})"
@@ -130,10 +141,12 @@ def _load(server, url: str, path: Path, settings, triggers, clock, console: Cons
     try:
         # Let the worker catch up with what became due.
         for _ in range(600):
-            if server._stopping.is_set() or not store.count_due_streams(clock.now(), clock.now()):
+            states = store.count_streams_by_state()
+            running = states.get("firing", 0) + states.get("expiring", 0)
+            if server._stopping.is_set() or (
+                    not running and not store.count_due_streams(clock.now(), clock.now())):
                 break
             threading.Event().wait(0.1)
-        states = store.count_streams_by_state()
         verdicts = {name: count for name, count in store.count_events_by_type().items()
                     if name.startswith("compute.instance.exists.")}
     finally:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kombu import Connection, Consumer, Exchange, Queue, binding
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 from winchester.errors import WinchesterError
 
@@ -120,8 +121,11 @@ class NotificationConsumer:
         self._batch_started = 0.0
         self.ready = threading.Event()  # set once declared and consuming (tests, serve)
         probe = Connection(url)
-        self._recoverable = (OSError, *probe.recoverable_connection_errors,
+        # kombu's OperationalError is what a refused reconnection attempt
+        # raises: the broker is still down, keep waiting for it.
+        self._recoverable = (OSError, KombuOperationalError, *probe.recoverable_connection_errors,
                              *probe.recoverable_channel_errors)
+        self._channel_errors = probe.channel_errors
         self._safe_url = probe.as_uri()  # kombu masks the password
         # Only AMQP honours "acknowledge everything up to here"; the virtual
         # transports (memory://) acknowledge one message per call.
@@ -163,7 +167,13 @@ class NotificationConsumer:
                                len(self._batch) + self._forget_in_flight())
                 self._batch.clear()
                 return
-            except self._recoverable as exc:
+            except IntakeError:
+                raise
+            except (*self._recoverable, *self._channel_errors) as exc:
+                if not self.ready.is_set() and not isinstance(exc, self._recoverable):
+                    raise  # refused before we ever consumed: a configuration problem
+                # After a channel was closed on us while running (e.g. RabbitMQ's
+                # consumer_timeout during a long database outage), start over too.
                 # Unacknowledged messages go back to the queue with the connection.
                 dropped = len(self._batch) + self._forget_in_flight()
                 self._batch.clear()

@@ -81,17 +81,27 @@ class Persistor:
         self.duplicates += result.duplicates
         if self.retention is not None and time.monotonic() >= self._next_trim:
             self._next_trim = time.monotonic() + RETENTION_INTERVAL
-            self.trim(now)
+            try:
+                self.trim(now, max_batches=1)
+            except Exception as exc:  # noqa: BLE001 - the batch is stored; trimming can wait
+                logger.warning("archive retention failed (%s); trying again in %.0fs", exc,
+                               RETENTION_INTERVAL)
 
-    def trim(self, now: datetime) -> int:
-        """Apply ``archive_retention``: delete what was received before it."""
+    def trim(self, now: datetime, max_batches: int | None = None) -> int:
+        """Apply ``archive_retention``: delete what was received before it.
+
+        ``max_batches`` bounds the work (a big backlog is worked off a batch
+        per interval instead of holding up the acknowledgements).
+        """
         if self.retention is None:
             return 0
         result = self.retention(now=now)
         cutoff = getattr(result, "timestamp", None) or result.begin
         trimmed = 0
-        while batch := self.store.trim_archive(cutoff):
+        batches = 0
+        while (max_batches is None or batches < max_batches) and (batch := self.store.trim_archive(cutoff)):
             trimmed += batch
+            batches += 1
         if trimmed:
             logger.info("archive retention: %d notification(s) received before %s deleted", trimmed, cutoff)
         self.trimmed += trimmed
@@ -112,17 +122,24 @@ def archive_row(body: bytes, received_at: datetime) -> dict[str, Any]:
     except NotificationRejected as exc:
         row.update(status=REJECTED, reason=f"{exc.reason}: {exc.detail}")
         return row
-    message_id = notification.get("message_id")
-    row["message_id"] = message_id if isinstance(message_id, str) and message_id else None
-    event_type = notification.get("event_type")
-    row["event_type"] = event_type if isinstance(event_type, str) else None
-    publisher = notification.get("publisher_id")
-    row["publisher_id"] = publisher if isinstance(publisher, str) else None
+    row["message_id"] = _text(notification.get("message_id"))
+    row["event_type"] = _text(notification.get("event_type"))
+    row["publisher_id"] = _text(notification.get("publisher_id"))
     try:
-        _, _, row["generated"] = read_envelope(notification)
+        # Also finds the id and time of Ceilometer's form (under "metadata").
+        row["event_type"], row["message_id"], row["generated"] = read_envelope(notification)
     except NotificationRejected as exc:
         row.update(status=REJECTED, reason=f"{exc.reason}: {exc.detail}")
+    row["message_id"] = _text(row["message_id"])
+    row["event_type"] = _text(row["event_type"])
     return row
+
+
+def _text(value: Any) -> str | None:
+    """A usable text column value: NUL characters (which PostgreSQL cannot store) replaced."""
+    if not isinstance(value, str) or not value:
+        return None
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
 
 
 def _source(delivery: Delivery) -> str:

@@ -80,26 +80,34 @@ class Server:
         return False
 
     def stop(self) -> None:
-        if self._stopping.is_set():
-            return
+        """Ask the server to stop (signal-safe); :meth:`wait` does the stopping, in order."""
         self._stopping.set()
-        for name in STOP_ORDER:
-            for part in self.parts:
-                if part.name == name:
-                    part.stop()
+
+    def not_ready(self) -> list[str]:
+        return [part.name for part in self.parts if not part.ready()]
 
     def wait(self) -> None:
-        """Block until stopped (by :meth:`stop` or a part failing), then join every part."""
+        """Block until asked to stop, then stop the parts one after another and join them.
+
+        Intake stops (and commits what it holds) before the worker is told to
+        stop, so nothing taken in is left waiting for a worker that is gone.
+        """
         while not self._stopping.wait(0.5):
             pass
+        alive = False
         for name in STOP_ORDER:
             for part in self.parts:
-                if part.name == name and part.thread is not None:
+                if part.name != name:
+                    continue
+                part.stop()
+                if part.thread is not None:
                     part.thread.join(60)
                     if part.thread.is_alive():
+                        alive = True
                         logger.error("%s did not stop within 60s", part.name)
-        for store in self.stores:
-            store.close()
+        if not alive:  # a part still running may be using its store
+            for store in self.stores:
+                store.close()
 
     @property
     def failures(self) -> list[tuple[str, BaseException]]:
