@@ -22,6 +22,11 @@ from winchester.store import Store
 logger = logging.getLogger(__name__)
 
 PARTS = ("api", "ingest", "persistor", "worker")
+# On the bus: the server answers status requests here, and publishes the
+# number of streams in each state as a table (snapshot, then changes).
+BUS_NAME = "winchester"  # every part and client must use it to share the bus's exchanges
+STATUS_ADDRESS = "winchester.status"
+STREAMS_TABLE = "winchester.streams.by_state"
 # Stopped in this order: nothing new comes in while the rest drains.
 STOP_ORDER = ("api", "ingest", "persistor", "worker")
 
@@ -50,12 +55,19 @@ class Server:
     parts: list[Part] = field(default_factory=list)
     stores: list[Store] = field(default_factory=list)
     clock: Clock = field(default_factory=WallClock)
+    bus: Any = None
+    drivers: list[Any] = field(default_factory=list)
     _stopping: threading.Event = field(default_factory=threading.Event)
 
     def add(self, part: Part) -> None:
         self.parts.append(part)
 
     def start(self) -> None:
+        if self.bus is not None:
+            self.bus.start()
+            self.bus.serve(STATUS_ADDRESS, lambda _request: self.status())
+            for driver in self.drivers:
+                driver.start()
         for part in self.parts:
             part.thread = threading.Thread(target=self._run, args=(part,), name=f"winchester-{part.name}",
                                            daemon=True)
@@ -105,9 +117,21 @@ class Server:
                     if part.thread.is_alive():
                         alive = True
                         logger.error("%s did not stop within 60s", part.name)
+        for driver in self.drivers:
+            driver.stop()
+        if self.bus is not None:
+            self.bus.close()
         if not alive:  # a part still running may be using its store
             for store in self.stores:
                 store.close()
+
+    def status(self) -> dict[str, Any]:
+        """What ``winchester.status`` answers on the bus: each part, alive and ready."""
+        return {"parts": {part.name: {"alive": bool(part.thread and part.thread.is_alive()),
+                                      "ready": bool(part.ready()),
+                                      "failure": None if part.failure is None else str(part.failure)}
+                          for part in self.parts},
+                "stopping": self._stopping.is_set()}
 
     @property
     def failures(self) -> list[tuple[str, BaseException]]:
@@ -122,7 +146,10 @@ def build_server(settings: Any, triggers: Any, pipelines: Any, distiller: Any, o
     from winchester.services.intake import DirectIntake, IngestService, Persistor
     from winchester.services.worker import build_worker
 
+    from winchester.bus import Bus, PollingDataSourceDriver
+
     server = Server(clock=clock)
+    server.bus = Bus(settings.bus_url, name=BUS_NAME)
     wanted = list(parts)
     unknown = [name for name in wanted if name not in PARTS]
     if unknown:
@@ -133,6 +160,17 @@ def build_server(settings: Any, triggers: Any, pipelines: Any, distiller: Any, o
         server.stores.append(opened)
         return opened
 
+    class StreamStates(PollingDataSourceDriver):
+        """Streams by state, for dashboards and other parts listening on the bus."""
+
+        def __init__(self, bus: Any, store: Store, interval: float):
+            super().__init__(bus, STREAMS_TABLE, interval=interval, name="stream-states")
+            self.store = store
+
+        def poll(self) -> dict[str, Any]:
+            return {state: {"streams": count} for state, count in self.store.count_streams_by_state().items()}
+
+    server.drivers.append(StreamStates(server.bus, store(), settings.statistics_period))
     if "worker" in wanted:
         worker = build_worker(settings, store(), triggers, pipelines, name=worker_name, clock=clock)
         server.add(Part("worker", worker.run, worker.stop))
