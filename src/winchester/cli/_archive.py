@@ -1,30 +1,19 @@
 from __future__ import annotations
 
-from datetime import datetime
 
 import click
 import orjson
 from rich.console import Console
 from rich.table import Table
 
-from winchester.cli._options import config_option
+from winchester.cli._options import config_option, utc_timestamp
 from winchester.cli._setup import open_parts
-from winchester.events import to_naive_utc
-
-
-def _timestamp(_ctx, param, value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        return to_naive_utc(datetime.fromisoformat(value.strip()))
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not an ISO 8601 timestamp") from None
 
 
 _filters = [
-    click.option("--from", "since", callback=_timestamp, metavar="TIMESTAMP",
+    click.option("--from", "since", callback=utc_timestamp, metavar="TIMESTAMP",
                  help="Only notifications stamped at or after this UTC time."),
-    click.option("--to", "until", callback=_timestamp, metavar="TIMESTAMP",
+    click.option("--to", "until", callback=utc_timestamp, metavar="TIMESTAMP",
                  help="Only notifications stamped before this UTC time."),
     click.option("--event-type", help="Only this event type."),
 ]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import click
+
+from winchester.events import to_naive_utc
 
 CONFIG_ENV = "WINCHESTER_CONFIG"
 
@@ -12,3 +16,14 @@ config_option = click.option(
     type=click.Path(dir_okay=False, path_type=str),
     help="Path to winchester.yaml; relative file names in it are looked up via config_path.",
 )
+
+
+def utc_timestamp(_ctx, _param, value: str | None) -> datetime | None:
+    """Click callback: an ISO 8601 timestamp (offsets converted) as naive UTC."""
+    if value is None:
+        return None
+    try:
+        return to_naive_utc(datetime.fromisoformat(value.strip()))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 timestamp "
+                                 "(e.g. 2015-02-04T00:00:00 or 2015-02-04 00:00:00Z)") from None

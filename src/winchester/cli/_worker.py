@@ -10,22 +10,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from winchester.cli._options import config_option
+from winchester.cli._options import config_option, utc_timestamp
 from winchester.cli._setup import open_parts
 from winchester.clock import FixedClock
 from winchester.errors import WinchesterError
-from winchester.events import to_naive_utc
 from winchester.services.worker import Worker, build_worker
-
-
-def _timestamp(_ctx, _param, value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        return to_naive_utc(datetime.fromisoformat(value.strip()))
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not an ISO 8601 timestamp "
-                                 "(e.g. 2015-02-04T00:00:00 or 2015-02-04 00:00:00Z)") from None
 
 
 @click.command("worker")
@@ -33,7 +22,7 @@ def _timestamp(_ctx, _param, value: str | None) -> datetime | None:
 @click.option("--name", default=lambda: f"{socket.gethostname()}-{os.getpid()}",
               show_default="HOST-PID", help="This worker's name, in logs and on the streams it claims.")
 @click.option("--once", is_flag=True, help="Process everything due now, then exit.")
-@click.option("--now", "now", metavar="TIMESTAMP", callback=_timestamp,
+@click.option("--now", "now", metavar="TIMESTAMP", callback=utc_timestamp,
               help="With --once: take this UTC time as now (catching up on captured data, tests).")
 @click.option("--batch-size", type=click.IntRange(1, 100_000),
               help="Streams claimed at a time [default: pipeline_worker_batch_size].")
