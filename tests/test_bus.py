@@ -657,3 +657,41 @@ def test_a_delta_turns_the_old_table_into_the_new(old, new):
     rows = dict(old)
     apply_delta(rows, diff(old, new))
     assert rows == new
+
+
+def test_a_callback_may_unsubscribe_itself_without_losing_other_messages(buses):
+    """Unsubscribing from inside the callback ("handle once") loses nothing for the other subscriptions."""
+    bus = buses.new()
+    holder: dict[str, str] = {}
+    once = Inbox(lambda topic, data: bus.unsubscribe(holder["id"]))
+    holder["id"] = bus.subscribe("jobs", once)
+    everything = Inbox()
+    bus.subscribe("jobs", everything)
+    for n in range(60):
+        bus.publish("jobs", {"n": n})
+    everything.wait_count(60)
+    assert sorted(data["n"] for _, data in everything.calls) == list(range(60))
+    assert len(once.calls) >= 1
+
+
+def test_close_does_not_wait_for_requests_pending_in_callbacks(buses):
+    """A callback blocked in request() gives up when the bus closes, instead of at its timeout."""
+    bus = buses.new()
+    outcome: list[str] = []
+    started = threading.Event()
+
+    def ask(topic, data):
+        started.set()
+        try:
+            bus.request("nobody.answers.here", {}, timeout=60)
+        except Exception as exc:  # noqa: BLE001 - the test records which error it was
+            outcome.append(type(exc).__name__)
+
+    bus.subscribe("ask", ask)
+    bus.publish("ask", {})
+    assert started.wait(WAIT)
+    closer = threading.Thread(target=bus.close)
+    closer.start()
+    closer.join(WAIT)
+    assert not closer.is_alive()
+    assert outcome == ["BusClosed"]

@@ -242,12 +242,14 @@ class Bus:
         workers = (self._subscriber, self._server, self._replies)
         for worker in workers:
             worker.request_stop()
+        # Requests waiting for replies (maybe inside a callback the joins
+        # below wait for) give up now rather than at their timeout.
+        for inbox in list(self._waiting.values()):
+            inbox.put(_CLOSED)
         for worker in workers:
             worker.join()
         with self._lock:
             self._consumptions.clear()
-        for inbox in list(self._waiting.values()):
-            inbox.put(_CLOSED)
         self._publisher.close()
 
     def _check_running(self) -> None:

@@ -48,6 +48,7 @@ class DataSourceDriver:
         self.name = name or type(self).__name__
         self.clock = clock or WallClock()
         self._lock = threading.Lock()
+        self._lifecycle = threading.RLock()
         self._running = False
         self._published = 0
         self._polls = 0
@@ -61,26 +62,42 @@ class DataSourceDriver:
 
     def start(self) -> None:
         """Start the driver; starting a running driver does nothing."""
-        with self._lock:
-            if self._running:
-                return
-            self._running = True
-        try:
-            self.on_start()
-        except BaseException:
+        # The whole of a start or stop, hooks included, runs alone: a stop
+        # racing a start must not stop the wrong run's thread or miss it.
+        with self._lifecycle:
             with self._lock:
-                self._running = False
-            raise
+                if self._running:
+                    return
+                self._running = True
+            try:
+                self.on_start()
+            except BaseException:
+                with self._lock:
+                    self._running = False
+                raise
         logger.info("driver %s started", self.name)
 
     def stop(self) -> None:
         """Stop the driver; stopping a stopped driver does nothing."""
-        with self._lock:
-            if not self._running:
-                return
-            self._running = False
-        self.on_stop()
+        if self._on_own_thread():
+            # From inside a poll: no waiting for ourselves (nor for a stop
+            # that is waiting for this very poll to end).
+            with self._lock:
+                if not self._running:
+                    return
+                self._running = False
+            self.on_stop()
+            return
+        with self._lifecycle:
+            with self._lock:
+                if not self._running:
+                    return
+                self._running = False
+            self.on_stop()
         logger.info("driver %s stopped", self.name)
+
+    def _on_own_thread(self) -> bool:
+        return False
 
     @property
     def running(self) -> bool:
@@ -155,6 +172,9 @@ class PollingDataSourceDriver(DataSourceDriver):
         self._thread = threading.Thread(target=self._run, args=(self._wake,),
                                         name=f"winchester-driver-{self.name}", daemon=True)
         self._thread.start()
+
+    def _on_own_thread(self) -> bool:
+        return self._thread is threading.current_thread()
 
     def on_stop(self) -> None:
         assert self._wake is not None and self._thread is not None

@@ -157,10 +157,23 @@ class Worker:
         self.call(lambda: self._add(key, stream))
 
     def cancel(self, key: str) -> None:
+        """Stop consuming ``key`` once the worker thread is free.
+
+        From inside a callback the removal is posted: it must wait until the
+        message in hand is acknowledged (closing its channel first would fail
+        the acknowledgement and force a reconnect). From elsewhere it is
+        waited for; if the worker is too busy, it is posted rather than lost.
+        """
         if self._thread is None or not self._thread.is_alive():
             return
         try:
-            self.call(lambda: self._remove(key))
+            if self.on_worker_thread:
+                self.post(lambda: self._remove(key))
+                return
+            try:
+                self.call(lambda: self._remove(key))
+            except BusConnectionError:
+                self.post(lambda: self._remove(key))  # removed as soon as the worker is free
         except BusClosed:
             pass  # stopped meanwhile, which cancelled everything
 

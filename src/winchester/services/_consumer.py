@@ -28,6 +28,7 @@ from typing import Any
 from kombu import Connection, Consumer, Exchange, Queue, binding
 from kombu.exceptions import OperationalError as KombuOperationalError
 
+from winchester.bus._connect import open_connection
 from winchester.errors import WinchesterError
 
 logger = logging.getLogger(__name__)
@@ -142,6 +143,13 @@ class NotificationConsumer:
     def safe_url(self) -> str:
         return self._safe_url
 
+    def _connection(self) -> Connection:
+        if self._ack_multiple:
+            return Connection(self.url, connect_timeout=self.connect_timeout)
+        # memory:// through the bus's own transport, which fixes kombu's
+        # in-process routing races (the bus shares the same queues).
+        return open_connection(self.url, connect_timeout=self.connect_timeout, consumer=True)
+
     def run(self) -> None:
         """Consume until :meth:`stop`; connection losses are waited out with back-off.
 
@@ -156,7 +164,7 @@ class NotificationConsumer:
     def _run(self, backoff: float) -> None:
         while not self.stopping:
             try:
-                with Connection(self.url, connect_timeout=self.connect_timeout) as connection:
+                with self._connection() as connection:
                     connection.ensure_connection(max_retries=1)
                     backoff = 1.0
                     self._consume(connection)
