@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from collections.abc import Iterator
@@ -134,6 +135,7 @@ def postgres_url() -> Iterator[str]:
 AMQP_URL = os.environ.get("WINCHESTER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
 
+@functools.cache
 def rabbitmq_problem() -> str | None:
     from kombu import Connection
 

@@ -7,9 +7,7 @@ asserts on timing.
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
 import re
 import socket
 import threading
@@ -25,7 +23,8 @@ from hypothesis import strategies as st
 from kombu import Connection, Exchange, Producer, Queue
 from kombu.transport import memory
 
-from tests.conftest import require_service
+from tests.conftest import AMQP_URL, require_service
+from tests.conftest import rabbitmq_problem as _rabbitmq_problem
 from winchester.bus import (
     Bus,
     BusClosed,
@@ -42,18 +41,7 @@ from winchester.bus._memory import topic_regex
 from winchester.bus._tables import diff
 from winchester.errors import WinchesterError
 
-AMQP_URL = os.environ.get("WINCHESTER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 WAIT = 10.0
-
-
-@functools.cache
-def _rabbitmq_problem() -> str | None:
-    try:
-        with Connection(AMQP_URL, connect_timeout=3) as connection:
-            connection.ensure_connection(max_retries=1, interval_start=0)
-    except Exception as exc:  # noqa: BLE001 - any failure means "not usable here"
-        return f"RabbitMQ is not reachable at {AMQP_URL}: {type(exc).__name__}: {exc}"
-    return None
 
 
 class Buses:

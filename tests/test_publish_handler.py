@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import os
 import time
 import uuid
 from datetime import datetime
@@ -14,7 +12,8 @@ import pytest
 import yaml
 from kombu import Connection, Exchange, Queue, pools
 
-from tests.conftest import require_service
+from tests.conftest import AMQP_URL, require_service
+from tests.conftest import rabbitmq_problem as _rabbitmq_problem
 from winchester.errors import WinchesterError
 from winchester.events import make_event
 from winchester.pipelines._publish import (
@@ -25,18 +24,7 @@ from winchester.pipelines._publish import (
     notabene_url,
 )
 
-AMQP_URL = os.environ.get("WINCHESTER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 SENTINEL = "test.sentinel"
-
-
-@functools.cache
-def _rabbitmq_problem() -> str | None:
-    try:
-        with Connection(AMQP_URL, connect_timeout=3) as connection:
-            connection.ensure_connection(max_retries=1, interval_start=0)
-    except Exception as exc:  # noqa: BLE001 - any failure means "not usable here"
-        return f"RabbitMQ is not reachable at {AMQP_URL}: {type(exc).__name__}: {exc}"
-    return None
 
 
 @pytest.fixture(autouse=True)
