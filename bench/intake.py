@@ -23,7 +23,7 @@ import time
 import uuid
 from dataclasses import replace
 
-from _common import ROOT, database
+from _common import ROOT, busy_cpu_seconds, database
 from kombu import Connection, Exchange, Producer
 from workload import Workload, WorkloadSpec
 
@@ -52,22 +52,15 @@ def publish(exchange_name: str, topic: str, count: int, instances: int) -> float
     return count / (time.perf_counter() - started)
 
 
-def _busy_seconds() -> float:
-    """CPU seconds the whole machine has spent busy (Linux /proc/stat)."""
-    with open("/proc/stat") as stat:
-        fields = [int(value) for value in stat.readline().split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
 def drain(service, done) -> tuple[float, str]:
     """Run ``service`` until ``done()``; seconds from start to the last commit, and where the CPU went."""
     thread = threading.Thread(target=service.run, daemon=True)
-    started, busy, own = time.perf_counter(), _busy_seconds(), time.process_time()
+    started, busy, own = time.perf_counter(), busy_cpu_seconds(), time.process_time()
     thread.start()
     while not done():
         time.sleep(0.05)
     elapsed = time.perf_counter() - started
-    own, busy = time.process_time() - own, _busy_seconds() - busy
+    own, busy = time.process_time() - own, busy_cpu_seconds() - busy
     service.stop()
     thread.join(60)
     cpu = (f"CPU: Winchester {own:.1f}s, broker + database + rest {max(0.0, busy - own):.1f}s, "

@@ -22,7 +22,7 @@ import os
 import time
 from datetime import datetime, timedelta
 
-from _common import database
+from _common import busy_cpu_seconds, database
 
 from winchester.clock import FixedClock
 from winchester.pipelines import Pipeline, PipelineEntry, PipelineSet
@@ -127,14 +127,6 @@ class _Vacuum:
         self._thread.join()
 
 
-def _busy_seconds() -> float:
-    """CPU seconds the whole machine has spent busy (Linux /proc/stat)."""
-    with open("/proc/stat") as stat:
-        fields = [int(value) for value in stat.readline().split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
 def measure(kind: str, workers: int, args: argparse.Namespace) -> dict:
     with database(kind) as url:
         seconds_to_seed = seed(url, args.streams, args.events)
@@ -146,11 +138,11 @@ def measure(kind: str, workers: int, args: argparse.Namespace) -> dict:
         for process in processes:
             process.start()
         barrier.wait()
-        started, busy = time.perf_counter(), _busy_seconds()
+        started, busy = time.perf_counter(), busy_cpu_seconds()
         vacuuming = _Vacuum(url, args.vacuum) if kind == "postgresql" and args.vacuum else None
         finished = [results.get() for _ in processes]
         elapsed = time.perf_counter() - started
-        machine = _busy_seconds() - busy
+        machine = busy_cpu_seconds() - busy
         if vacuuming:
             vacuuming.stop()
         for process in processes:

@@ -1,32 +1,18 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import click
 from rich.console import Console
 
-from winchester.cli._options import config_option
+from winchester.cli._options import config_option, stopped_by_signals
 from winchester.cli._setup import open_parts
 from winchester.clock import make_clock
 from winchester.services._consumer import IntakeError
 from winchester.services.ingest import Ingester
 from winchester.services.intake import IngestService, Persistor
-
-
-@contextmanager
-def _stopped_by_signals(service) -> Iterator[None]:
-    previous = {sig: signal.signal(sig, lambda *_: service.stop())
-                for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _default_name(kind: str) -> str:
@@ -80,7 +66,7 @@ def persistor(config_file: str, name: str | None) -> None:
 
 def _run(service, console: Console, store) -> None:
     try:
-        with _stopped_by_signals(service):
+        with stopped_by_signals(service.stop):
             service.run()
     except IntakeError as exc:
         console.print(f"error: {exc}", markup=False)

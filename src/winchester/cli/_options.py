@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 import click
@@ -27,3 +30,14 @@ def utc_timestamp(_ctx, _param, value: str | None) -> datetime | None:
     except ValueError:
         raise click.BadParameter(f"{value!r} is not an ISO 8601 timestamp "
                                  "(e.g. 2015-02-04T00:00:00 or 2015-02-04 00:00:00Z)") from None
+
+
+@contextmanager
+def stopped_by_signals(stop: Callable[[], object]) -> Iterator[None]:
+    """SIGTERM and SIGINT call ``stop`` (a graceful stop) while inside; the old handlers come back after."""
+    previous = {sig: signal.signal(sig, lambda *_: stop()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import gzip
-import signal
 import sys
 import threading
 from pathlib import Path
@@ -10,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from winchester.cli._options import config_option
+from winchester.cli._options import config_option, stopped_by_signals
 from winchester.cli._setup import open_parts
 from winchester.clock import make_clock
 from winchester.config import open_store
@@ -58,8 +57,7 @@ def serve(config_file: str, parts: tuple[str, ...] | None, clock_kind: str, host
     server = build_server(settings, loaded.triggers, loaded.pipelines, loaded.distiller,
                           lambda: open_store(settings, loaded.triggers), chosen, clock,
                           host=host, port=port)
-    previous = {sig: signal.signal(sig, lambda *_: server.stop()) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with stopped_by_signals(server.stop):
         server.start()
         if not server.wait_ready():
             waiting = server.not_ready()
@@ -83,9 +81,6 @@ def serve(config_file: str, parts: tuple[str, ...] | None, clock_kind: str, host
                 threading.Thread(target=_load, args=(server, url, load_file, settings, loaded.triggers,
                                                      clock, console), daemon=True).start()
         server.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     for name, failure in server.failures:
         console.print(f"error: {name} failed: {type(failure).__name__}: {failure}", markup=False)
     if server.failures:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import sys
 from datetime import datetime
@@ -10,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from winchester.cli._options import config_option, utc_timestamp
+from winchester.cli._options import config_option, stopped_by_signals, utc_timestamp
 from winchester.cli._setup import open_parts
 from winchester.clock import FixedClock
 from winchester.errors import WinchesterError
@@ -43,20 +42,17 @@ def worker(config_file: str, name: str, once: bool, now: datetime | None, batch_
     runner = build_worker(parts.settings, parts.store, parts.triggers, parts.pipelines, name=name,
                           clock=FixedClock(now) if now is not None else None,
                           batch_size=batch_size, delay=delay)
-    previous = {sig: signal.signal(sig, lambda *_: runner.stop())
-                for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        if once:
-            processed = runner.run_until_idle()
-            _summary(Console(highlight=False, soft_wrap=True), runner, processed)
-        else:
-            runner.run()
+        with stopped_by_signals(runner.stop):
+            if once:
+                processed = runner.run_until_idle()
+                _summary(Console(highlight=False, soft_wrap=True), runner, processed)
+            else:
+                runner.run()
     except WinchesterError as exc:
         console.print(f"error: {exc}", markup=False)
         sys.exit(1)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         parts.store.close()
 
 
