@@ -154,7 +154,7 @@ def test_fire_delay_postpones_the_fire_time(tmp_path, migrated_url):
     triggers = load_trigger_definitions(settings)
     store = open_store(settings, triggers)
     try:
-        Ingester(store, triggers, build_distiller(settings), EventClock()).add_notifications(
+        Ingester(store, triggers, build_distiller(settings), EventClock(max_skew=timedelta(days=7))).add_notifications(
             [nova("compute.instance.update", "i-a", DAY1), exists("i-a", DAY1)])
         [stream] = store.list_streams()
         assert stream.fire_timestamp == DAY1 + timedelta(days=1, minutes=5, seconds=300)

@@ -224,8 +224,8 @@ def test_a_failed_batch_leaves_no_stale_event_type(store, monkeypatch):
 
     original = Store._ingest
 
-    def failing(self, connection, items, type_ids):
-        original(self, connection, items, type_ids)
+    def failing(self, connection, items, type_ids, *rest):
+        original(self, connection, items, type_ids, *rest)
         raise StoreError("simulated failure after the writes, before commit")
 
     monkeypatch.setattr(Store, "_ingest", failing)

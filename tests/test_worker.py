@@ -105,8 +105,10 @@ def test_a_ready_stream_fires_with_its_events_in_timestamp_order(store):
     """The fire pipeline gets the stream's events ordered by timestamp, and env describes the stream."""
     triggers = make_triggers()
     journal = Journal()
-    ingest(store, triggers, [event("late", "compute.end", 5), event("early", minutes=1),
-                             event("middle", minutes=3)])
+    # Arrival order differs from timestamp order; the fire event comes last
+    # (a ready stream takes no more events: later ones start a new stream).
+    ingest(store, triggers, [event("middle", minutes=3), event("early", minutes=1),
+                             event("late", "compute.end", 5)])
     processed = worker(store, triggers, pipelines(on_fire=[journal.handler("a")]), T0 + timedelta(minutes=10)
                        ).run_until_idle()
     assert processed == 1

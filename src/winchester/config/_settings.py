@@ -156,6 +156,46 @@ def _optional_time_expression(value: Any) -> str | None:
     return None if value is None else _time_expression(value)
 
 
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(d|h|m|s)\s*")
+_DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds in a duration: a number of seconds, or text such as ``1h``, ``90s``, ``1h30m``, ``2d``.
+
+    Raises ValueError with a message fit for a configuration problem.
+    """
+    if _is_number(value):
+        if value < 0:
+            raise ValueError(f"must not be negative, not {value}")
+        return float(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"must be a duration (seconds, or e.g. '1h', '30m', '1h30m'), not "
+                         f"{_describe(value)}")
+    seconds = 0.0
+    position = 0
+    while position < len(value):
+        part = _DURATION_PART.match(value, position)
+        if part is None:
+            raise ValueError(f"must be a duration such as '1h', '30m', '90s', '2d' or '1h30m', not "
+                             f"{value!r}")
+        seconds += float(part.group(1)) * _DURATION_UNITS[part.group(2)]
+        position = part.end()
+    return seconds
+
+
+def _duration(value: Any) -> str | None:
+    try:
+        parse_duration(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _clock_kind(value: Any) -> str | None:
+    return None if value in ("wall", "event") else f"must be 'wall' or 'event', not {_describe(value)}"
+
+
 def _section(value: Any) -> str | None:
     # Each field is checked on its own (with its line) by the loader.
     return None if isinstance(value, Mapping) else f"must be a mapping, not {_describe(value)}"
@@ -286,8 +326,20 @@ KEYS: tuple[Key, ...] = (
         help="Time expression: archived notifications received before it are deleted "
              "(e.g. `$timestamp - 90d`). Off by default: the archive keeps everything."),
     Key("api", _section, None, help="The HTTP API and intake: `host`, `port`, `tokens`."),
+    Key("clock", _clock_kind, "wall",
+        help="Where \"now\" comes from: `wall` (real UTC time) or `event` (the newest event "
+             "timestamp ingested, shared by every process through the database; for replays "
+             "and captured data)."),
+    Key("clock_max_skew", _duration, "1h",
+        help="An event stamped further ahead of the clock than this (event clock) or of real "
+             "time (wall clock) does not move time forward; it is still stored, and counted. "
+             "Seconds or a duration such as `1h`, `30m`."),
+    Key("late_event_grace", _duration, 0,
+        help="How long past its expiry time a stream waits for late events stamped before its "
+             "expiry before it is expired (0: expire on time; a later event starts a new stream)."),
     Key("time_sync_endpoint", _optional_text, None,
-        help="Accepted from old configurations; the built-in event clock replaces the time-sync service."),
+        help="Accepted from old configurations and ignored: the built-in event clock replaces "
+             "the time-sync service (setting it selects `clock: event`, with a warning)."),
 )
 KEYS_BY_NAME = {key.name: key for key in KEYS}
 
@@ -343,6 +395,9 @@ class Settings:
     log_level: str
     logging_config: str | None
     time_sync_endpoint: str | None
+    clock: str = "wall"
+    clock_max_skew: float = 3600.0
+    late_event_grace: float = 0.0
     archive_retention: str | None = None
     bus_url: str = "memory://"
     intake: IntakeSettings = None  # type: ignore[assignment]
@@ -532,6 +587,18 @@ def settings_from_mapping(data: Any, *, source: Path | None, environ: Mapping[st
     plain["api"] = ApiSettings(**api)
     plain["bus_url"] = environ.get(BUS_URL_ENV) or sections["bus"]["url"]
     plain["log_level"] = plain["log_level"].lower()
+    plain["clock_max_skew"] = parse_duration(plain["clock_max_skew"])
+    plain["late_event_grace"] = parse_duration(plain["late_event_grace"])
+    if plain["time_sync_endpoint"]:
+        if "clock" in data and plain["clock"] != "event":
+            warnings.append(problem("time_sync_endpoint", "ignored: the built-in event clock "
+                                    "replaces the time-sync service, and `clock` says wall time",
+                                    "warning"))
+        else:
+            warnings.append(problem("time_sync_endpoint", "ignored: the built-in event clock "
+                                    "replaces the time-sync service; using `clock: event`",
+                                    "warning"))
+            plain["clock"] = "event"
     plain["pipeline_handlers"] = dict(plain["pipeline_handlers"])
     plain["distiller_trait_plugins"] = dict(plain["distiller_trait_plugins"])
     return Settings(source=source, config_path=tuple(config_path), database_url=database_url,

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from winchester.clock import Clock, WallClock
+from datetime import timedelta
+
+from winchester.clock import AHEAD, LATE, SHARED_EVENT_CLOCK, Clock, EventClock, WallClock
 from winchester.distill import Distiller, NotificationRejected
 from winchester.events import Event, make_event
 from winchester.store import IngestItem, IngestResult, Store
@@ -39,6 +41,8 @@ class BatchOutcome:
     unconverted: int = 0
     rejected: list[Rejected] = field(default_factory=list)
     stored: IngestResult = field(default_factory=IngestResult)
+    ahead: int = 0  # stamped too far ahead of the clock (stored; time not moved)
+    late: int = 0   # stamped too far behind it (stored)
 
 
 @dataclass
@@ -58,6 +62,8 @@ class IngestStats:
     saved: int = 0
     duplicates: int = 0
     unconverted: int = 0
+    ahead: int = 0
+    late: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     matched: Counter[str] = field(default_factory=Counter)
     new_streams: Counter[str] = field(default_factory=Counter)
@@ -66,6 +72,8 @@ class IngestStats:
     def add(self, outcome: BatchOutcome) -> None:
         self.received += outcome.received
         self.unconverted += outcome.unconverted
+        self.ahead += outcome.ahead
+        self.late += outcome.late
         for rejected in outcome.rejected:
             self.rejected[rejected.reason] += 1
         self.saved += outcome.stored.saved
@@ -76,7 +84,8 @@ class IngestStats:
 
     def as_dict(self) -> dict[str, Any]:
         return {"received": self.received, "saved": self.saved, "duplicates": self.duplicates,
-                "unconverted": self.unconverted, "rejected": dict(self.rejected),
+                "unconverted": self.unconverted, "ahead_of_clock": self.ahead,
+                "late": self.late, "rejected": dict(self.rejected),
                 "triggers": {name: {"matched": self.matched[name],
                                     "new_streams": self.new_streams[name],
                                     "ready_to_fire": self.ready[name]}
@@ -88,15 +97,18 @@ class Ingester:
 
     ``triggers`` is a :class:`winchester.triggers.TriggerSet`; ``distiller``
     is needed only for the notification methods. "Now" comes from ``clock``:
-    wall time, or event time when replaying captured notifications.
+    wall time, or event time when replaying captured notifications; a shared
+    event clock is moved forward in the store with each batch. ``grace`` is
+    ``late_event_grace``.
     """
 
     def __init__(self, store: Store, triggers: Any, distiller: Distiller | None = None,
-                 clock: Clock | None = None):
+                 clock: Clock | None = None, grace: timedelta = timedelta(0)):
         self.store = store
         self.triggers = triggers
         self.distiller = distiller
         self.clock = clock or WallClock()
+        self.grace = grace
         self.stats = IngestStats()
 
     def add_event(self, event: Mapping[str, Any]) -> BatchOutcome:
@@ -145,7 +157,7 @@ class Ingester:
                 outcome.unconverted += 1
             else:
                 events.append(event)
-        items = self._match(events)
+        items = self._match(events, outcome)
         return PreparedBatch(items, outcome, self.clock.now())
 
     def commit(self, batch: PreparedBatch,
@@ -160,8 +172,14 @@ class Ingester:
         letters = [] if dead_letter_source is None else [
             {"source": dead_letter_source(r), "reason": r.reason, "detail": r.detail, "body": r.body}
             for r in outcome.rejected]
+        clock = self.clock
+        shared = (SHARED_EVENT_CLOCK, clock.value()) if (
+            isinstance(clock, EventClock) and clock.shared and clock.is_set) else None
         if batch.items or letters:
-            outcome.stored = self.store.ingest(batch.items, letters, batch.now)
+            outcome.stored = self.store.ingest(batch.items, letters, batch.now, clock=shared,
+                                               grace=self.grace)
+            if shared is not None:
+                clock.synced(outcome.stored.clock)
             if outcome.stored.duplicates:
                 logger.info("%d duplicate event(s) ignored (message_id already stored), e.g. %s",
                             len(outcome.stored.duplicates), outcome.stored.duplicates[0])
@@ -169,16 +187,38 @@ class Ingester:
         return outcome
 
     def _store(self, events: list[Event], outcome: BatchOutcome) -> None:
-        self.commit(PreparedBatch(self._match(events), outcome, self.clock.now()))
+        self.commit(PreparedBatch(self._match(events, outcome), outcome, self.clock.now()))
 
-    def _match(self, events: list[Event]) -> list[IngestItem]:
+    def _match(self, events: list[Event], outcome: BatchOutcome) -> list[IngestItem]:
         items = []
         clock = self.clock
         matches_of = self.triggers.matches
+        ahead: list[Event] = []
+        late: list[Event] = []
         for event in events:
-            clock.observe(event["timestamp"])
+            verdict = clock.observe(event["timestamp"])
+            if verdict is AHEAD:
+                ahead.append(event)
+            elif verdict is LATE:
+                late.append(event)
             items.append(IngestItem(event, matches_of(event), clock.now()))
+        if ahead:
+            outcome.ahead += len(ahead)
+            logger.warning("%d event(s) stamped more than %s ahead of the %s clock (%s): stored, "
+                           "but time not moved by them; e.g. %s at %s", len(ahead),
+                           _skew_of(clock), clock.name, f"{clock.now():%Y-%m-%d %H:%M:%S}",
+                           ahead[0]["message_id"], ahead[0]["timestamp"])
+        if late:
+            outcome.late += len(late)
+            logger.info("%d event(s) stamped more than %s behind the %s clock (%s): stored; e.g. "
+                        "%s at %s", len(late), _skew_of(clock), clock.name,
+                        f"{clock.now():%Y-%m-%d %H:%M:%S}", late[0]["message_id"],
+                        late[0]["timestamp"])
         return items
+
+
+def _skew_of(clock: Clock) -> str:
+    return str(getattr(clock, "max_skew", "?"))
 
 
 # The name existing integrations know.

@@ -23,6 +23,7 @@ from winchester.events import Event, encode_value
 from winchester.store import _migrate
 from winchester.store._bulk import TraitRow, writer_for
 from winchester.store._engine import create_engine, is_postgresql
+from winchester.store._schema import clocks as clocks_table
 from winchester.store._schema import dead_letters as dead_letters_table
 from winchester.store._archive import ArchiveStore
 from winchester.store._work import WorkQueue, event_from_columns
@@ -86,6 +87,8 @@ class IngestResult:
     new_streams: Counter[str] = field(default_factory=Counter)
     ready: Counter[str] = field(default_factory=Counter)
     closed_expired: int = 0
+    closed_due: int = 0
+    clock: datetime | None = None  # the shared clock after this batch, when one was advanced
 
 
 @dataclass(frozen=True)
@@ -273,29 +276,38 @@ class Store(WorkQueue, ArchiveStore):
 
     def ingest(self, items: Sequence[IngestItem],
                dead_letters: Sequence[Mapping[str, Any]] = (),
-               now: datetime | None = None) -> IngestResult:
+               now: datetime | None = None, *,
+               clock: tuple[str, datetime] | None = None,
+               grace: timedelta = timedelta(0)) -> IngestResult:
         """Store a batch of events and add each to the streams of the triggers it matched.
 
         One transaction, and a constant number of statements for the whole
         batch: insert the events, load the open streams they belong to, close
-        the ones that expired, open new ones, update the rest, record membership.
+        the ones that are due, open new ones, update the rest, record membership.
+        ``clock`` (name, time) moves that shared clock forward in the same
+        transaction (never backwards); the clock's value after it is returned
+        in :attr:`IngestResult.clock`. ``grace`` is ``late_event_grace``.
         """
-        if not items and not dead_letters:
+        if not items and not dead_letters and clock is None:
             return IngestResult()
         type_ids = self._event_type_ids_for({item.event["event_type"] for item in items})
         letters = _dead_letter_rows(dead_letters, now or max(
             (item.now for item in items), default=datetime(1970, 1, 1)))
 
         def write(connection: Connection) -> IngestResult:
-            result = self._ingest(connection, items, type_ids) if items else IngestResult()
+            result = self._ingest(connection, items, type_ids, grace) if items else IngestResult()
             if letters:
                 connection.execute(dead_letters_table.insert(), letters)
+            if clock is not None:
+                # Last, so the clock's row lock (shared by every ingester) is
+                # held only for the commit.
+                result.clock = self._advance_clock(connection, *clock)
             return result
 
         return self._retrying(write)
 
     def _ingest(self, connection: Connection, items: Sequence[IngestItem],
-                type_ids: Mapping[str, int]) -> IngestResult:
+                type_ids: Mapping[str, int], grace: timedelta = timedelta(0)) -> IngestResult:
         result = IngestResult()
         # Within a batch the first copy of a message wins; sorting the inserts
         # by message_id makes concurrent ingesters lock index entries in the
@@ -326,13 +338,12 @@ class Store(WorkQueue, ArchiveStore):
                 trigger = match.trigger
                 result.matched[trigger.name] += 1
                 stream = open_streams.get(match.key)
-                if stream is not None and stream.expire <= item.now:
-                    # Too late for this one: it waits for a worker to expire it,
-                    # and the event starts a new stream (as the original did).
+                if stream is not None and _closed_to(stream, timestamp, item.now, grace, result):
+                    # It waits for a worker to fire or expire it, and the event
+                    # starts a new stream (as the original did).
                     stream.is_open = False
                     if stream.id is not None:
                         closed_ids.append(stream.id)
-                    result.closed_expired += 1
                     stream = None
                 if stream is None:
                     stream = _PendingStream(
@@ -426,6 +437,33 @@ class Store(WorkQueue, ArchiveStore):
         if members:
             self._bulk.insert_members(connection, members)
 
+    # -- the shared clock ----------------------------------------------------------------
+
+    def _advance_clock(self, connection: Connection, name: str, value: datetime) -> datetime:
+        if self._postgresql:
+            statement = postgresql.insert(clocks_table).values(name=name, value=value)
+            newest = sa.func.greatest(clocks_table.c.value, statement.excluded.value)
+        else:
+            statement = sqlite.insert(clocks_table).values(name=name, value=value)
+            # Stored as fixed-width ISO text, so the larger text is the later time.
+            newest = sa.func.max(clocks_table.c.value, statement.excluded.value)
+        statement = statement.on_conflict_do_update(index_elements=["name"], set_={"value": newest})
+        return connection.execute(statement.returning(clocks_table.c.value)).scalar_one()
+
+    def advance_clock(self, name: str, value: datetime) -> datetime:
+        """Move the named clock forward to ``value`` (never back); returns its value after."""
+        return self._retrying(self._advance_clock, name, value)
+
+    def read_clock(self, name: str) -> datetime | None:
+        """The named clock's value; for a clock never written, the newest event's timestamp
+        (a database from before the event clock existed), or None on an empty database."""
+        with self._reading() as connection:
+            value = connection.execute(sa.select(clocks_table.c.value)
+                                       .where(clocks_table.c.name == name)).scalar()
+            if value is None:
+                value = connection.execute(sa.select(sa.func.max(events.c.generated))).scalar()
+        return value
+
     def save_dead_letters(self, letters: Sequence[Mapping[str, Any]], now: datetime) -> None:
         """Keep messages that could not be processed: each has source, reason, detail, body."""
         if letters:
@@ -512,6 +550,25 @@ class Store(WorkQueue, ArchiveStore):
                 .join(event_traits, event_traits.c.event_id == events.c.id)
                 .where(event_traits.c.name == name, column == value)
                 .order_by(events.c.id)).scalars())
+
+
+def _closed_to(stream: _PendingStream, timestamp: datetime, now: datetime, grace: timedelta,
+               result: IngestResult) -> bool:
+    """Whether an event stamped ``timestamp`` arriving at ``now`` must start a new stream.
+
+    A stream stops accepting events once it is due: ready to fire and its fire
+    time come, or expired. So which events a stream holds never depends on how
+    soon a worker gets to it, and a replay builds the streams a live run built.
+    Within ``grace`` of its expiry, an expired stream still takes events
+    stamped before its expiry (late ones); one stamped after closes it.
+    """
+    if stream.fire_at is not None and stream.fire_at <= now:
+        result.closed_due += 1
+        return True
+    if stream.expire <= now and (stream.expire + grace <= now or timestamp >= stream.expire):
+        result.closed_expired += 1
+        return True
+    return False
 
 
 def _event_from_row(row) -> Event:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -82,7 +82,7 @@ class WorkQueue:
 
     def claim_streams(self, action: str, worker: str, now: datetime, wall_now: datetime,
                       lease_until: datetime, limit: int, max_attempts: int = 5,
-                      ) -> list[ClaimedStream]:
+                      grace: timedelta = timedelta(0)) -> list[ClaimedStream]:
         """Claim up to ``limit`` streams due for ``action`` at ``now``; one transaction.
 
         Due: for ``fire``, fire_timestamp passed in ``active``/``retry_fire``;
@@ -125,9 +125,11 @@ class WorkQueue:
                         due = (streams.c.state == state) & (streams.c.fire_timestamp <= now)
                         order = streams.c.fire_timestamp
                     else:
-                        due = (streams.c.state == state) & (streams.c.expire_timestamp <= now)
                         if state == "active":
-                            due &= streams.c.fire_timestamp.is_(None)
+                            due = ((streams.c.state == state) & streams.c.fire_timestamp.is_(None)
+                                   & (streams.c.expire_timestamp <= now - grace))
+                        else:
+                            due = (streams.c.state == state) & (streams.c.expire_timestamp <= now)
                         order = streams.c.expire_timestamp
                     candidates += self._candidates(connection, due, order, limit - len(candidates))
             if not candidates:
@@ -274,11 +276,13 @@ class WorkQueue:
 
         return self._retrying(extend) if claimed else 0
 
-    def count_due_streams(self, now: datetime, wall_now: datetime) -> int:
+    def count_due_streams(self, now: datetime, wall_now: datetime,
+                          grace: timedelta = timedelta(0)) -> int:
         """Streams a worker would claim now (to fire, to expire, or taken over from a lapsed claim)."""
-        due = (((streams.c.state.in_(("active", "retry_fire")) & (streams.c.fire_timestamp <= now))
-                | (((streams.c.state == "active") & streams.c.fire_timestamp.is_(None))
-                   | (streams.c.state == "retry_expire")) & (streams.c.expire_timestamp <= now))
+        due = ((streams.c.state.in_(("active", "retry_fire")) & (streams.c.fire_timestamp <= now))
+               | ((streams.c.state == "active") & streams.c.fire_timestamp.is_(None)
+                  & (streams.c.expire_timestamp <= now - grace))
+               | ((streams.c.state == "retry_expire") & (streams.c.expire_timestamp <= now))
                | (streams.c.state.in_(("firing", "expiring")) & (streams.c.claim_expires < wall_now)))
         with self._reading() as connection:
             return connection.execute(sa.select(sa.func.count()).select_from(streams).where(due)).scalar_one()
