@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 Verdict = Literal["on_time", "ahead", "late"]
 ON_TIME: Verdict = "on_time"
@@ -175,3 +175,16 @@ def make_clock(kind: str, *, max_skew: timedelta = DEFAULT_MAX_SKEW,
     if kind == "event":
         return EventClock(max_skew=max_skew, reader=reader)
     raise ValueError(f"unknown clock {kind!r}; expected 'wall' or 'event'")
+
+
+def clock_from_settings(settings: Any, store: Any = None, kind: str | None = None) -> Clock:
+    """The clock ``winchester.yaml`` asks for (``kind`` overrides ``clock``).
+
+    With a store, the event clock is the shared one kept in its clocks table.
+    """
+    kind = kind or settings.clock
+    reader = None
+    if kind == "event" and store is not None:
+        def reader() -> datetime | None:
+            return store.read_clock(SHARED_EVENT_CLOCK)
+    return make_clock(kind, max_skew=timedelta(seconds=settings.clock_max_skew), reader=reader)

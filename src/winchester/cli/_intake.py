@@ -3,13 +3,14 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from datetime import timedelta
 
 import click
 from rich.console import Console
 
 from winchester.cli._options import config_option, stopped_by_signals
 from winchester.cli._setup import open_parts
-from winchester.clock import make_clock
+from winchester.clock import clock_from_settings
 from winchester.services._consumer import IntakeError
 from winchester.services.ingest import Ingester
 from winchester.services.intake import IngestService, Persistor
@@ -21,8 +22,9 @@ def _default_name(kind: str) -> str:
 
 @click.command("ingest")
 @config_option
-@click.option("--clock", "clock_kind", type=click.Choice(["wall", "event"]), default="wall",
-              show_default=True, help="'event': now follows the notifications' own timestamps.")
+@click.option("--clock", "clock_kind", type=click.Choice(["wall", "event"]),
+              help="'event': now follows the notifications' own timestamps, shared with every "
+                   "process through the database [default: the clock setting].")
 @click.option("--name", help="This process's name in logs [default: ingest-HOST-PID].")
 def ingest(config_file: str, clock_kind: str, name: str | None) -> None:
     """Consume OpenStack notifications from the bus (bus.url) into events and streams.
@@ -34,7 +36,9 @@ def ingest(config_file: str, clock_kind: str, name: str | None) -> None:
     """
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     parts = open_parts(config_file, console, distiller=True)
-    ingester = Ingester(parts.store, parts.triggers, parts.distiller, make_clock(clock_kind))
+    ingester = Ingester(parts.store, parts.triggers, parts.distiller,
+                        clock_from_settings(parts.settings, parts.store, clock_kind),
+                        timedelta(seconds=parts.settings.late_event_grace))
     service = IngestService(parts.settings.bus_url, parts.settings.intake, ingester,
                             name=name or _default_name("ingest"))
     _run(service, console, parts.store)

@@ -11,7 +11,6 @@ from rich.table import Table
 
 from winchester.cli._options import config_option, stopped_by_signals
 from winchester.cli._setup import open_parts
-from winchester.clock import make_clock
 from winchester.config import open_store
 from winchester.services.serve import PARTS, build_server, default_parts
 
@@ -33,8 +32,9 @@ def _parts(_ctx, _param, value: str | None) -> tuple[str, ...] | None:
 @click.option("--with", "parts", callback=_parts, metavar="PART,...",
               help=f"Which of {', '.join(PARTS)} to run [default: api,worker with the memory:// "
                    "bus, all of them with a broker].")
-@click.option("--clock", "clock_kind", type=click.Choice(["wall", "event"]), default="wall",
-              show_default=True, help="'event': now follows the notifications' own timestamps.")
+@click.option("--clock", "clock_kind", type=click.Choice(["wall", "event"]),
+              help="'event': now follows the notifications' own timestamps [default: the clock "
+                   "setting].")
 @click.option("--host", help="Listen address [default: api.host].")
 @click.option("--port", type=click.IntRange(0, 65535), help="Listen port [default: api.port].")
 @click.option("--load", "load_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -53,9 +53,8 @@ def serve(config_file: str, parts: tuple[str, ...] | None, clock_kind: str, host
     chosen = parts or default_parts(settings.bus_url)
     if load_file is not None and "api" not in chosen:
         raise click.UsageError("--load posts to the HTTP intake: include api in --with")
-    clock = make_clock(clock_kind)
     server = build_server(settings, loaded.triggers, loaded.pipelines, loaded.distiller,
-                          lambda: open_store(settings, loaded.triggers), chosen, clock,
+                          lambda: open_store(settings, loaded.triggers), chosen, clock_kind,
                           host=host, port=port)
     with stopped_by_signals(server.stop):
         server.start()
@@ -79,7 +78,7 @@ def serve(config_file: str, parts: tuple[str, ...] | None, clock_kind: str, host
                           + (f"; API at {url}/docs" if url else ""), markup=False)
             if load_file is not None:
                 threading.Thread(target=_load, args=(server, url, load_file, settings, loaded.triggers,
-                                                     clock, console), daemon=True).start()
+                                                     console), daemon=True).start()
         server.wait()
     for name, failure in server.failures:
         console.print(f"error: {name} failed: {type(failure).__name__}: {failure}", markup=False)
@@ -106,7 +105,7 @@ def _safe(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def _load(server, url: str, path: Path, settings, triggers, clock, console: Console) -> None:
+def _load(server, url: str, path: Path, settings, triggers, console: Console) -> None:
     """Post a file to our own intake, then report what the streams came to."""
     import httpx
 
@@ -133,9 +132,11 @@ def _load(server, url: str, path: Path, settings, triggers, clock, console: Cons
                   f"accepted, {totals['duplicates']:,} duplicates, {totals['unconverted']:,} "
                   f"unconverted, {totals['rejected']:,} rejected", markup=False)
     store = open_store(settings, triggers)
+    clock = server.clock_for(store)
     try:
         # Let the worker catch up with what became due.
         for _ in range(600):
+            clock.refresh()
             states = store.count_streams_by_state()
             running = states.get("firing", 0) + states.get("expiring", 0)
             if server._stopping.is_set() or (

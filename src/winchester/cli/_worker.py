@@ -11,7 +11,7 @@ from rich.table import Table
 
 from winchester.cli._options import config_option, stopped_by_signals, utc_timestamp
 from winchester.cli._setup import open_parts
-from winchester.clock import FixedClock
+from winchester.clock import FixedClock, clock_from_settings
 from winchester.errors import WinchesterError
 from winchester.services.worker import Worker, build_worker
 
@@ -40,7 +40,8 @@ def worker(config_file: str, name: str, once: bool, now: datetime | None, batch_
         raise click.UsageError("--now needs --once (a running worker takes its time from the clock)")
     parts = open_parts(config_file, console, pipelines=True)
     runner = build_worker(parts.settings, parts.store, parts.triggers, parts.pipelines, name=name,
-                          clock=FixedClock(now) if now is not None else None,
+                          clock=FixedClock(now) if now is not None else clock_from_settings(
+                              parts.settings, parts.store),
                           batch_size=batch_size, delay=delay)
     try:
         with stopped_by_signals(runner.stop):

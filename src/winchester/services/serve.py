@@ -54,7 +54,8 @@ class Server:
 
     parts: list[Part] = field(default_factory=list)
     stores: list[Store] = field(default_factory=list)
-    clock: Clock = field(default_factory=WallClock)
+    # Builds the clock a part reads, given the part's store.
+    clock_for: Callable[[Store], Clock] = field(default=lambda store: WallClock())
     bus: Any = None
     drivers: list[Any] = field(default_factory=list)
     _stopping: threading.Event = field(default_factory=threading.Event)
@@ -139,16 +140,30 @@ class Server:
 
 
 def build_server(settings: Any, triggers: Any, pipelines: Any, distiller: Any, open_store: Callable[[], Store],
-                 parts: Iterable[str], clock: Clock, *, host: str | None = None,
+                 parts: Iterable[str], clock: Clock | str | None = None, *, host: str | None = None,
                  port: int | None = None, worker_name: str = "serve") -> Server:
-    """Assemble the requested parts; each gets its own store (connection pool)."""
+    """Assemble the requested parts; each gets its own store (connection pool).
+
+    ``clock`` is ``wall`` or ``event`` (None: the ``clock`` setting), each part
+    then reading its own clock (event time shared through the store); or one
+    clock object for every part (tests).
+    """
+    from datetime import timedelta
+
+    from winchester.clock import clock_from_settings
     from winchester.services.ingest import Ingester
     from winchester.services.intake import DirectIntake, IngestService, Persistor
     from winchester.services.worker import build_worker
 
     from winchester.bus import Bus, PollingDataSourceDriver
 
-    server = Server(clock=clock)
+    def clock_for(part_store: Store) -> Clock:
+        if clock is None or isinstance(clock, str):
+            return clock_from_settings(settings, part_store, clock)
+        return clock
+
+    grace = timedelta(seconds=settings.late_event_grace)
+    server = Server(clock_for=clock_for)
     server.bus = Bus(settings.bus_url, name=BUS_NAME)
     wanted = list(parts)
     unknown = [name for name in wanted if name not in PARTS]
@@ -172,15 +187,18 @@ def build_server(settings: Any, triggers: Any, pipelines: Any, distiller: Any, o
 
     server.drivers.append(StreamStates(server.bus, store(), settings.statistics_period))
     if "worker" in wanted:
-        worker = build_worker(settings, store(), triggers, pipelines, name=worker_name, clock=clock)
+        worker_store = store()
+        worker = build_worker(settings, worker_store, triggers, pipelines, name=worker_name,
+                              clock=clock_for(worker_store))
         server.add(Part("worker", worker.run, worker.stop))
     if "persistor" in wanted:
         persistor = Persistor(settings.bus_url, settings.intake, settings.persistor, store(),
                               retention=settings.archive_retention)
         server.add(Part("persistor", persistor.run, persistor.stop, persistor.consumer.ready.is_set))
     if "ingest" in wanted:
+        ingest_store = store()
         service = IngestService(settings.bus_url, settings.intake,
-                                Ingester(store(), triggers, distiller, clock))
+                                Ingester(ingest_store, triggers, distiller, clock_for(ingest_store), grace))
         server.add(Part("ingest", service.run, service.stop, service.consumer.ready.is_set))
     if "api" in wanted:
         import uvicorn
@@ -190,7 +208,8 @@ def build_server(settings: Any, triggers: Any, pipelines: Any, distiller: Any, o
         api_store = store()
         # With the persistor running, it archives what the broker brings; the
         # HTTP intake archives what it takes itself, so the archive stays complete.
-        intake = DirectIntake(Ingester(api_store, triggers, distiller, clock), api_store)
+        intake = DirectIntake(Ingester(api_store, triggers, distiller, clock_for(api_store), grace),
+                              api_store)
         app = create_app(api_store, intake, tokens=settings.api.tokens)
         config = uvicorn.Config(app, host=host if host is not None else settings.api.host,
                                 port=port if port is not None else settings.api.port,

@@ -82,7 +82,7 @@ class Worker:
                  lease: timedelta = DEFAULT_LEASE, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                  purge_completed: bool = True, trim_events: bool = False,
                  trim_events_age: str = "$timestamp - 14d", trim_events_batch_size: int = 100,
-                 statistics_period: float = 10.0,
+                 statistics_period: float = 10.0, grace: timedelta = timedelta(0),
                  sleep: Callable[[float], Any] | None = None):
         self.store = store
         self.triggers = triggers
@@ -99,6 +99,7 @@ class Worker:
         self.trim_age = parse_timex(trim_events_age)
         self.trim_batch_size = trim_events_batch_size
         self.statistics_period = statistics_period
+        self.grace = grace
         self.stats = WorkerStats()
         self._unrecorded: list[StreamOutcome] = []
         self._stopping = threading.Event()
@@ -161,7 +162,7 @@ class Worker:
             # On PostgreSQL a due stream locked for an instant by an ingester
             # is skipped, not waited for: look again before calling it done.
             if waits >= IDLE_CHECKS or not self.store.count_due_streams(
-                    self.clock.now(), self.wall_clock.now()):
+                    self.clock.now(), self.wall_clock.now(), self.grace):
                 break
             waits += 1
             self._stopping.wait(0.1)
@@ -194,10 +195,12 @@ class Worker:
             pending, self._unrecorded = self._unrecorded, []
             self._record(pending)
         claimed_at = time.monotonic()
+        # The shared event clock moves as ingest processes store events.
+        self.clock.refresh()
         wall_now = self.wall_clock.now()
         claimed = self.store.claim_streams(
             action, self.name, self.clock.now(), wall_now, wall_now + self.lease,
-            self.batch_size, self.max_attempts)
+            self.batch_size, self.max_attempts, self.grace)
         if not claimed:
             return 0
         try:
@@ -355,6 +358,7 @@ def build_worker(settings: Any, store: Store, triggers: Any, pipelines: Pipeline
         "trim_events_age": settings.trim_events_age,
         "trim_events_batch_size": settings.trim_events_batch_size,
         "statistics_period": settings.statistics_period,
+        "grace": timedelta(seconds=settings.late_event_grace),
     }
     options.update({key: value for key, value in overrides.items() if value is not None})
     return Worker(store, triggers, pipelines, **options)
