@@ -61,6 +61,47 @@ def test_migrations_go_down_and_up_again(migrated_url):
         engine.dispose()
 
 
+def test_migration_0003_keeps_memberships_and_traits(database_url):
+    """Dropping the membership and trait foreign keys keeps every row and index, both ways."""
+    engine = create_engine(database_url)
+    try:
+        upgrade(engine, "0002")
+        with engine.begin() as connection:
+            for statement in (
+                    "INSERT INTO event_types (id, name) VALUES (1, 'compute.instance.update')",
+                    "INSERT INTO events (id, message_id, event_type_id, generated, traits) "
+                    "VALUES (1, 'm1', 1, '2014-08-01 01:00:00', '{}')",
+                    "INSERT INTO event_traits (event_id, name, type, t_string) "
+                    "VALUES (1, 'instance_id', 1, 'i-1')",
+                    "INSERT INTO streams (id, trigger_name, state, dist_key, distinguishing_traits, "
+                    "first_event, last_event, expire_timestamp, fire_counts, event_count, "
+                    "created_at, updated_at) VALUES (7, 't', 'active', 'k', '{}', "
+                    "'2014-08-01 01:00:00', '2014-08-01 01:00:00', '2014-08-02 01:00:00', '[]', 1, "
+                    "'2014-08-01 01:00:00', '2014-08-01 01:00:00')",
+                    "INSERT INTO stream_events (stream_id, event_id) VALUES (7, 1)"):
+                connection.exec_driver_sql(statement)
+        upgrade(engine)
+        inspector = sa.inspect(engine)
+        assert inspector.get_foreign_keys("stream_events") == []
+        assert inspector.get_foreign_keys("event_traits") == []
+        assert {index["name"] for index in inspector.get_indexes("event_traits")} >= {
+            "ix_event_traits_name_t_string", "ix_event_traits_name_t_datetime"}
+        with engine.begin() as connection:
+            assert connection.exec_driver_sql(
+                "SELECT stream_id, event_id FROM stream_events").all() == [(7, 1)]
+            assert connection.exec_driver_sql("SELECT t_string FROM event_traits").scalar() == "i-1"
+            # A membership left behind by a stream deleted outside Winchester ...
+            connection.exec_driver_sql("INSERT INTO stream_events (stream_id, event_id) VALUES (8, 1)")
+        # ... cannot stop a downgrade: the constraints come back without it.
+        downgrade(engine, "0002")
+        assert len(sa.inspect(engine).get_foreign_keys("stream_events")) == 2
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql(
+                "SELECT stream_id, event_id FROM stream_events").all() == [(7, 1)]
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.parametrize("url, fragment", [
     ("sqlite:///x.db", "CREATE TABLE streams"),
     ("postgresql+psycopg://u@h/db", "CREATE TABLE streams"),

@@ -166,6 +166,23 @@ def test_completed_streams_are_purged_when_configured(store):
     assert store.get_event("end") is not None
 
 
+def _rows(store, table):
+    with store.engine.connect() as connection:
+        return connection.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar_one()
+
+
+def test_a_purged_stream_takes_its_membership_rows_with_it(store):
+    """Purging deletes the stream's membership rows too (nothing refers to a stream that is gone)."""
+    triggers = make_triggers()
+    ingest(store, triggers, [event("start", instance="a"), event("end", "compute.end", instance="a"),
+                             event("other", instance="b")])
+    assert _rows(store, "stream_events") == 3
+    worker(store, triggers, pipelines(on_fire=[]), T0 + timedelta(minutes=1),
+           purge_completed=True).run_until_idle()
+    assert [s.distinguishing_traits["instance_id"] for s in store.list_streams()] == ["b"]
+    assert _rows(store, "stream_events") == 1
+
+
 def test_a_stream_without_a_pipeline_for_its_outcome_completes_without_running(store):
     """A trigger with no expire pipeline: its streams expire straight to completed."""
     triggers = make_triggers(trigger_data(expire_pipeline=None))
@@ -421,6 +438,16 @@ def test_trimming_deletes_old_events_but_never_one_a_live_stream_holds(store):
     assert runner.stats.trimmed == 2
     assert store.get_event("done") is None and store.get_event("loose") is None
     assert store.get_event("waiting") is not None and store.get_event("recent") is not None
+    # The trimmed events' indexed traits and memberships went with them.
+    assert store.find_events_by_trait("instance_id", "a") == []
+    assert store.find_events_by_trait("instance_id", "b") == ["waiting"]
+    with store.engine.connect() as connection:
+        assert connection.exec_driver_sql(
+            "SELECT count(*) FROM stream_events WHERE event_id NOT IN (SELECT id FROM events)"
+        ).scalar_one() == 0
+        assert connection.exec_driver_sql(
+            "SELECT count(*) FROM event_traits WHERE event_id NOT IN (SELECT id FROM events)"
+        ).scalar_one() == 0
 
 
 # -- the run loop ------------------------------------------------------------------------------

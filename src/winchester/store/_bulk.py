@@ -9,8 +9,12 @@ PostgreSQL. Column lists here must stay in step with ``_schema.py``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sqlite3
+from collections.abc import Iterator, Sequence
 from datetime import datetime
+from typing import Any
+
+import orjson
 
 from sqlalchemy.engine import Connection
 
@@ -30,6 +34,13 @@ StreamRow = tuple[int, str, str, str | None, str, datetime, datetime, datetime, 
 StreamUpdate = tuple[int, datetime, datetime, datetime, datetime | None, str, int, datetime]
 
 _LOOKUP_CHUNK = 5000
+
+# (id, open_key, distinguishing_traits, first, last, expire, fire_at, fire_counts, event_count,
+#  created_at)
+OpenStreamRow = tuple[int, str, str, datetime, datetime, datetime, datetime | None, str, int, datetime]
+
+_OPEN_STREAM_COLUMNS = ("id, open_key, distinguishing_traits, first_event, last_event, "
+                        "expire_timestamp, fire_timestamp, fire_counts, event_count, created_at")
 
 
 class BulkWriter:
@@ -52,6 +63,10 @@ class BulkWriter:
     def insert_members(self, connection: Connection, rows: Sequence[tuple[int, int]]) -> None:
         raise NotImplementedError
 
+    def open_streams(self, connection: Connection, keys: Sequence[str]) -> list[OpenStreamRow]:
+        """The streams accepting events under these open keys (locked against concurrent ingesters)."""
+        raise NotImplementedError
+
     def insert_archive(self, connection: Connection, rows: Sequence[ArchiveRow]) -> int:
         """Archive raw notifications, skipping a message_id already kept; how many were added."""
         raise NotImplementedError
@@ -60,6 +75,10 @@ class BulkWriter:
 def _sqlite_time(value: datetime | None) -> str | None:
     # The text form SQLAlchemy's SQLite DateTime type reads back.
     return None if value is None else value.isoformat(sep=" ", timespec="microseconds")
+
+
+def _sqlite_parse_time(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
 
 
 def _sqlite_high_water(connection: Connection, table: str) -> int:
@@ -71,31 +90,40 @@ def _sqlite_high_water(connection: Connection, table: str) -> int:
 
 class SQLiteWriter(BulkWriter):
     """SQLite: the writer holds the database lock (BEGIN IMMEDIATE) for the whole batch,
-    so existing ids can be read first and new ids assigned without a race."""
+    so existing ids can be read first and new ids assigned without a race.
+
+    Rows go in as multi-row ``INSERT ... VALUES (...), (...)`` statements, not
+    ``executemany``: Python's sqlite3 module releases the GIL around every
+    step, and a thread that has to win the GIL back thousands of times per
+    batch while another thread distils the next batch waits up to the switch
+    interval each time (measured: 300x slower). One step per statement keeps
+    the writer's GIL hand-overs to a handful per batch; reads that return many
+    rows come back as one JSON document for the same reason.
+    """
 
     def insert_events(self, connection: Connection, rows: Sequence[EventRow]) -> dict[str, int]:
         known: set[str] = set()
         message_ids = [row[0] for row in rows]
-        for start in range(0, len(message_ids), _LOOKUP_CHUNK):
-            chunk = message_ids[start:start + _LOOKUP_CHUNK]
+        for chunk in _sqlite_chunks(connection, message_ids, 1):
             marks = ",".join("?" * len(chunk))
-            known.update(message_id for (message_id,) in connection.exec_driver_sql(
-                f"SELECT message_id FROM events WHERE message_id IN ({marks})", tuple(chunk)))
-        fresh = [row for row in rows if row[0] not in known]
+            found = connection.exec_driver_sql(
+                f"SELECT json_group_array(message_id) FROM events WHERE message_id IN ({marks})",
+                tuple(chunk)).scalar()
+            if found and found != "[]":
+                known.update(orjson.loads(found))
+        fresh = [row for row in rows if row[0] not in known] if known else rows
         if not fresh:
             return {}
         largest = _sqlite_high_water(connection, "events")
         inserted = {row[0]: largest + offset for offset, row in enumerate(fresh, 1)}
-        connection.exec_driver_sql(
-            "INSERT INTO events (id, message_id, event_type_id, generated, traits) "
-            "VALUES (?, ?, ?, ?, ?)",
-            [(inserted[m], m, t, _sqlite_time(g), traits) for m, t, g, traits in fresh])
+        _sqlite_insert(connection, "INSERT INTO events (id, message_id, event_type_id, generated, traits)",
+                       [(inserted[m], m, t, _sqlite_time(g), traits) for m, t, g, traits in fresh])
         return inserted
 
     def insert_traits(self, connection: Connection, rows: Sequence[TraitRow]) -> None:
-        connection.exec_driver_sql(
-            "INSERT INTO event_traits (event_id, name, type, t_string, t_int, t_float, t_datetime) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        _sqlite_insert(
+            connection,
+            "INSERT INTO event_traits (event_id, name, type, t_string, t_int, t_float, t_datetime)",
             [(*row[:6], _sqlite_time(row[6])) for row in rows])
 
     def allocate_stream_ids(self, connection: Connection, count: int) -> list[int]:
@@ -103,25 +131,41 @@ class SQLiteWriter(BulkWriter):
         return list(range(largest + 1, largest + 1 + count))
 
     def insert_streams(self, connection: Connection, rows: Sequence[StreamRow]) -> None:
-        connection.exec_driver_sql(
+        _sqlite_insert(
+            connection,
             "INSERT INTO streams (id, trigger_name, dist_key, open_key, distinguishing_traits, "
             "first_event, last_event, expire_timestamp, fire_timestamp, fire_counts, event_count, "
-            "created_at, updated_at, state, state_serial, attempts) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', 0, 0)",
+            "created_at, updated_at, state, state_serial, attempts)",
             [(*row[:5], *(_sqlite_time(t) for t in row[5:9]), row[9], row[10],
-              _sqlite_time(row[11]), _sqlite_time(row[11])) for row in rows])
+              _sqlite_time(row[11]), _sqlite_time(row[11]), "active", 0, 0) for row in rows])
 
     def update_streams(self, connection: Connection, rows: Sequence[StreamUpdate]) -> None:
-        connection.exec_driver_sql(
-            "UPDATE streams SET first_event = ?, last_event = ?, expire_timestamp = ?, "
-            "fire_timestamp = ?, fire_counts = ?, event_count = ?, updated_at = ? WHERE id = ?",
-            [(*(_sqlite_time(t) for t in row[1:5]), row[5], row[6], _sqlite_time(row[7]), row[0])
-             for row in rows])
+        values = [(row[0], *(_sqlite_time(t) for t in row[1:5]), row[5], row[6], _sqlite_time(row[7]))
+                  for row in rows]
+        for chunk in _sqlite_chunks(connection, values, 8):
+            connection.exec_driver_sql(
+                "WITH u (id, f, l, e, fa, c, n, now) AS (VALUES "
+                + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+                + ") UPDATE streams SET first_event = u.f, last_event = u.l, expire_timestamp = u.e, "
+                "fire_timestamp = u.fa, fire_counts = u.c, event_count = u.n, updated_at = u.now "
+                "FROM u WHERE streams.id = u.id",
+                tuple(value for row in chunk for value in row))
 
     def insert_members(self, connection: Connection, rows: Sequence[tuple[int, int]]) -> None:
-        connection.exec_driver_sql(
-            "INSERT INTO stream_events (stream_id, event_id) VALUES (?, ?)", list(rows))
+        _sqlite_insert(connection, "INSERT INTO stream_events (stream_id, event_id)", rows)
 
+    def open_streams(self, connection: Connection, keys: Sequence[str]) -> list[OpenStreamRow]:
+        found: list[OpenStreamRow] = []
+        parse = _sqlite_parse_time
+        for chunk in _sqlite_chunks(connection, keys, 1):
+            document = connection.exec_driver_sql(
+                f"SELECT json_group_array(json_array({_OPEN_STREAM_COLUMNS})) FROM streams "
+                f"WHERE open_key IN ({','.join('?' * len(chunk))})", tuple(chunk)).scalar()
+            for (stream_id, key, distinguishing, first, last, expire, fire_at, counts, event_count,
+                 created_at) in orjson.loads(document or "[]"):
+                found.append((stream_id, key, distinguishing, parse(first), parse(last),
+                              parse(expire), parse(fire_at), counts, event_count, parse(created_at)))
+        return found
 
     def insert_archive(self, connection: Connection, rows: Sequence[ArchiveRow]) -> int:
         cursor = connection.exec_driver_sql(
@@ -129,6 +173,30 @@ class SQLiteWriter(BulkWriter):
             "status, reason, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING",
             [(_sqlite_time(row[0]), *row[1:4], _sqlite_time(row[4]), *row[5:]) for row in rows])
         return cursor.rowcount
+
+
+def _sqlite_variable_limit(connection: Connection) -> int:
+    driver = connection.connection.driver_connection
+    try:
+        return driver.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    except AttributeError:  # Python < 3.11 has no getlimit: SQLite's historical minimum
+        return 999
+
+
+def _sqlite_chunks(connection: Connection, values: Sequence[Any], width: int) -> Iterator[Sequence[Any]]:
+    per = max(1, min(_sqlite_variable_limit(connection), 32766) // width)
+    for start in range(0, len(values), per):
+        yield values[start:start + per]
+
+
+def _sqlite_insert(connection: Connection, head: str, rows: Sequence[Sequence[Any]]) -> None:
+    if not rows:
+        return
+    width = len(rows[0])
+    placeholder = "(" + ", ".join("?" * width) + ")"
+    for chunk in _sqlite_chunks(connection, rows, width):
+        connection.exec_driver_sql(f"{head} VALUES " + ",".join([placeholder] * len(chunk)),
+                                   tuple(value for row in chunk for value in row))
 
 
 class PostgreSQLWriter(BulkWriter):
@@ -186,6 +254,21 @@ class PostgreSQLWriter(BulkWriter):
 
     def insert_members(self, connection: Connection, rows: Sequence[tuple[int, int]]) -> None:
         self._copy(connection, "stream_events (stream_id, event_id)", rows)
+
+    def open_streams(self, connection: Connection, keys: Sequence[str]) -> list[OpenStreamRow]:
+        # open_key is set only while a stream accepts events (claiming or
+        # closing a stream clears it), so the unique index alone answers; one
+        # array parameter keeps the statement text fixed, so a prepared
+        # generic plan cannot stray from that index. Concurrent ingesters
+        # serialise on the streams they share (FOR UPDATE), in id order.
+        # The array travels in binary (%b): the text form must quote and
+        # escape every key, which cost more than the query (keys are JSON).
+        found: list[OpenStreamRow] = []
+        for start in range(0, len(keys), _LOOKUP_CHUNK):
+            found.extend(connection.exec_driver_sql(
+                f"SELECT {_OPEN_STREAM_COLUMNS} FROM streams WHERE open_key = ANY(%b::varchar[]) "
+                "ORDER BY id FOR UPDATE", (list(keys[start:start + _LOOKUP_CHUNK]),)).all())
+        return found
 
     def insert_archive(self, connection: Connection, rows: Sequence[ArchiveRow]) -> int:
         self._staging(connection, "incoming_archive", "received_at timestamp, message_id varchar(255), "

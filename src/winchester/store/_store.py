@@ -388,29 +388,11 @@ class Store(WorkQueue, ArchiveStore):
                            items: Sequence[IngestItem]) -> dict[str, _PendingStream]:
         triggers = {match.key: match.trigger for item in items for match in item.matches}
         found: dict[str, _PendingStream] = {}
-        for chunk in _chunks(sorted(keys)):
-            # open_key is set only while a stream accepts events (claiming or
-            # closing a stream clears it), so the unique index alone answers;
-            # on PostgreSQL one array parameter keeps the statement text fixed,
-            # so a prepared generic plan cannot stray from that index.
-            if self._postgresql:
-                selector = streams.c.open_key == sa.any_(
-                    sa.bindparam("keys", list(chunk), type_=postgresql.ARRAY(sa.String)))
-            else:
-                selector = streams.c.open_key.in_(chunk)
-            query = (sa.select(streams.c.id, streams.c.open_key, streams.c.distinguishing_traits,
-                               streams.c.first_event, streams.c.last_event,
-                               streams.c.expire_timestamp, streams.c.fire_timestamp,
-                               streams.c.fire_counts, streams.c.event_count, streams.c.created_at)
-                     .where(selector).order_by(streams.c.id))
-            if self._postgresql:
-                # Concurrent ingesters serialise on the streams they share.
-                query = query.with_for_update()
-            for row in connection.execute(query):
-                found[row.open_key] = _PendingStream(
-                    triggers[row.open_key], row.open_key, row.distinguishing_traits,
-                    row.first_event, row.last_event, row.expire_timestamp, row.fire_timestamp,
-                    list(orjson.loads(row.fire_counts)), row.event_count, row.id, row.created_at)
+        for (stream_id, key, distinguishing, first, last, expire, fire_at, counts, event_count,
+             created_at) in self._bulk.open_streams(connection, sorted(keys)):
+            found[key] = _PendingStream(triggers[key], key, distinguishing, first, last, expire,
+                                        fire_at, list(orjson.loads(counts)), event_count,
+                                        stream_id, created_at)
         return found
 
     def _write_streams(self, connection: Connection, pending: list[_PendingStream],

@@ -27,7 +27,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
 from winchester.events import Event, decode_value
-from winchester.store._schema import event_types, events, stream_events, streams
+from winchester.store._schema import event_traits, event_types, events, stream_events, streams
 from winchester.triggers import distinguishing_from_json
 
 FIRE, EXPIRE = "fire", "expire"
@@ -246,7 +246,11 @@ class WorkQueue:
                     statement = streams.update().where(owned).values(
                         state="completed", state_serial=streams.c.state_serial + 1, claimed_by=None,
                         claim_expires=None, last_error=None, updated_at=now)
-                done.update(connection.execute(statement.returning(streams.c.id)).scalars())
+                finished = list(connection.execute(statement.returning(streams.c.id)).scalars())
+                if purge_completed and finished:
+                    connection.execute(stream_events.delete().where(
+                        stream_events.c.stream_id.in_(finished)))
+                done.update(finished)
             for outcome in outcomes:
                 if outcome.error is None:
                     continue
@@ -347,6 +351,9 @@ class WorkQueue:
                 query = query.with_for_update(skip_locked=True)
             ids = list(connection.execute(query).scalars())
             if ids:
+                # Memberships (of completed streams) and traits go with their events.
+                connection.execute(stream_events.delete().where(stream_events.c.event_id.in_(ids)))
+                connection.execute(event_traits.delete().where(event_traits.c.event_id.in_(ids)))
                 connection.execute(events.delete().where(events.c.id.in_(ids)))
             return len(ids)
 
