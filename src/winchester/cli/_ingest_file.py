@@ -3,18 +3,18 @@ from __future__ import annotations
 import os
 import sys
 import time
+from datetime import timedelta
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import click
-import orjson
 from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from winchester.cli._inputs import numbered_lines, open_lines
+from winchester.cli._inputs import numbered_lines, open_lines, unwrapped
 from winchester.cli._options import config_option
-from winchester.clock import make_clock
+from winchester.clock import clock_from_settings
 from winchester.cli._setup import open_parts
 from winchester.errors import WinchesterError
 from winchester.services.ingest import Ingester
@@ -23,9 +23,9 @@ from winchester.services.ingest import Ingester
 @click.command("ingest-file")
 @config_option
 @click.argument("source", metavar="FILE.jsonl | -")
-@click.option("--clock", "clock_kind", type=click.Choice(["wall", "event"]), default="wall",
-              show_default=True,
-              help="'event': now follows the notifications' own timestamps (for captured data).")
+@click.option("--clock", "clock_kind", type=click.Choice(["wall", "event"]),
+              help="'event': now follows the notifications' own timestamps (for captured data), "
+                   "shared through the database [default: the clock setting].")
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=1000, show_default=True,
               help="Notifications per database transaction.")
 @click.option("--unwrap", metavar="KEY",
@@ -45,8 +45,9 @@ def ingest_file(config_file: str, source: str, clock_kind: str, batch_size: int,
     parts = open_parts(config_file, console, distiller=True)
     store, triggers, distiller = parts.store, parts.triggers, parts.distiller
 
-    clock = make_clock(clock_kind)
-    ingester = Ingester(store, triggers, distiller, clock)
+    clock = clock_from_settings(parts.settings, store, clock_kind)
+    ingester = Ingester(store, triggers, distiller, clock,
+                        timedelta(seconds=parts.settings.late_event_grace))
     total_bytes = _plain_file_size(source)
     started = time.perf_counter()
     progress = Progress(
@@ -76,7 +77,7 @@ def ingest_file(config_file: str, source: str, clock_kind: str, batch_size: int,
 
             for number, line in numbered_lines(stream):
                 consumed += len(line)
-                batch.append(_unwrapped(line, unwrap) if unwrap else line)
+                batch.append(unwrapped(line, unwrap) if unwrap else line)
                 numbers.append(number)
                 if len(batch) >= batch_size:
                     pending = hand_over(batch, numbers)
@@ -115,17 +116,6 @@ def _plain_file_size(source: str) -> int | None:
         if handle.read(2) == b"\x1f\x8b":
             return None
     return os.path.getsize(source)
-
-
-def _unwrapped(line: bytes, key: str):
-    """The notification under ``key``; the raw line when it has none (it is then rejected)."""
-    try:
-        wrapper = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return line
-    if isinstance(wrapper, dict) and key in wrapper:
-        return wrapper[key]
-    return line
 
 
 _SHOWN_REJECTIONS = 20

@@ -6,9 +6,11 @@ import gzip
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import BinaryIO
 
 import click
+import orjson
 
 
 @contextmanager
@@ -38,3 +40,58 @@ def numbered_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
     for number, line in enumerate(stream, 1):
         if line.strip():
             yield number, line
+
+
+CAPTURE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson", ".ndjson.gz")
+
+
+def capture_files(source: str) -> list[Path]:
+    """The files a capture ``source`` names: itself, or for a directory every capture file
+    below it (``*.jsonl``, ``*.jsonl.gz``, ``*.ndjson``...), in path order."""
+    path = Path(source)
+    if not path.is_dir():
+        return [path]
+    found = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(CAPTURE_SUFFIXES))
+    if not found:
+        raise click.BadParameter(f"{source}: no capture files in this directory (looked for "
+                                 f"{', '.join('*' + s for s in CAPTURE_SUFFIXES)})",
+                                 param_hint="SOURCE")
+    return found
+
+
+def capture_bytes(source: str) -> int | None:
+    """Uncompressed bytes to read, for a progress bar (None: unknown, e.g. gzip or stdin)."""
+    if source == "-":
+        return None
+    total = 0
+    for path in capture_files(source):
+        try:
+            with open(path, "rb") as handle:
+                if handle.read(2) == b"\x1f\x8b":
+                    return None
+        except OSError:
+            return None
+        total += path.stat().st_size
+    return total
+
+
+def capture_lines(source: str) -> Iterator[tuple[str, int, bytes]]:
+    """(file, line number, line) of every non-blank line of a capture: a file, a directory of
+    them, or ``-`` for stdin."""
+    files = ["-"] if source == "-" else [str(path) for path in capture_files(source)]
+    for name in files:
+        with open_lines(name) as stream:
+            for number, line in numbered_lines(stream):
+                yield name, number, line
+
+
+def unwrapped(line: bytes, key: str):
+    """The notification under ``key`` (captures stored with metadata, e.g. `archive export`);
+    the raw line when it has none (it is then rejected, with the reason)."""
+    try:
+        wrapper = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return line
+    if isinstance(wrapper, dict) and key in wrapper:
+        return wrapper[key]
+    return line

@@ -6,6 +6,7 @@ handed the pieces it needs.
 
 from winchester.config._components import (
     build_distiller,
+    indexed_traits,
     load_event_definitions,
     load_pipeline_definitions,
     load_trigger_definitions,
@@ -27,6 +28,7 @@ __all__ = [
     "Key",
     "Settings",
     "build_distiller",
+    "indexed_traits",
     "load_event_definitions",
     "load_pipeline_definitions",
     "load_trigger_definitions",

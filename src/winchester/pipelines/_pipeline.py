@@ -12,7 +12,7 @@ from typing import Any
 from winchester._yaml import position_of
 from winchester.errors import ConfigError, EventError, Problem
 from winchester.events import Event, make_event
-from winchester.pipelines._handler import GENERATED_ID_NAMESPACE
+from winchester.pipelines._handler import GENERATED_ID_NAMESPACE, Handler
 from winchester.pipelines._registry import HandlerRegistry, UnknownHandler
 
 logger = logging.getLogger(__name__)
@@ -39,6 +39,8 @@ class RunResult:
     generated: list[Event] = field(default_factory=list)  # returned events the stream did not hold
     error: str | None = None                              # why handle_events failed
     commit_errors: list[str] = field(default_factory=list)
+    # A dry run (commit=False): per handler entry, what its commit() would have done.
+    dry_run: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -50,12 +52,17 @@ class Pipeline:
     name: str
     entries: tuple[PipelineEntry, ...]
 
-    def run(self, events: list[Event], env: dict[str, Any]) -> RunResult:
+    def run(self, events: list[Event], env: dict[str, Any], *, commit: bool = True) -> RunResult:
         """Run the handlers over ``events`` (timestamp order); commit or roll back.
 
         Never raises for a handler's failure: it is reported in the result
         (the stream then goes to an error state), after ``rollback()`` was
         called on every handler built so far.
+
+        ``commit=False`` is a dry run (``winchester simulate``): no side
+        effects; instead of ``commit()``, each handler's ``describe_commit()``
+        (optional: a line saying what commit would do) goes into
+        :attr:`RunResult.dry_run`, then ``rollback()`` drops what it held.
         """
         result = RunResult(self.name)
         handlers: list[Any] = []
@@ -85,11 +92,31 @@ class Pipeline:
             for handler in handlers:
                 _call_quietly(handler, "rollback", self.name, env)
             return result
+        if not commit:
+            for entry, handler in zip(self.entries, handlers, strict=True):
+                described = _describe_commit(handler)
+                if described is not None:
+                    result.dry_run.append(f"{entry.name}: {described}")
+                _call_quietly(handler, "rollback", self.name, env)
+            return result
         for entry, handler in zip(self.entries, handlers, strict=True):
             error = _call_quietly(handler, "commit", self.name, env)
             if error is not None:
                 result.commit_errors.append(f"{entry.name!r}: {error}")
         return result
+
+
+def _describe_commit(handler: Any) -> str | None:
+    """What ``handler.commit()`` would have done; None when it does nothing (the base class's)."""
+    describe = getattr(handler, "describe_commit", None)
+    if not callable(describe):
+        if getattr(type(handler), "commit", None) is Handler.commit:
+            return None
+        return "commit() not run (dry run)"
+    try:
+        return str(describe())
+    except Exception as exc:  # noqa: BLE001 - a report must not fail the simulation
+        return f"commit() not run; describe_commit() raised {type(exc).__name__}: {exc}"
 
 
 def _call_quietly(handler: Any, method: str, pipeline: str, env: Mapping[str, Any]) -> str | None:

@@ -26,6 +26,7 @@ import atexit
 import logging
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -313,6 +314,15 @@ class PublishHandler(Handler):
 
     def rollback(self) -> None:
         self.pending = []
+
+    def describe_commit(self) -> str:
+        """What commit() would send (for dry runs)."""
+        if not self.pending:
+            return "would publish nothing"
+        types = Counter(event_type for event_type, _, _ in self.pending)
+        return (f"would publish {len(self.pending)} notification(s) to exchange {self.exchange!r} "
+                f"with routing key {self.routing_key!r}: "
+                + ", ".join(f"{count} {name}" for name, count in sorted(types.items())))
 
     # -- connections ----------------------------------------------------------------------
 

@@ -243,6 +243,14 @@ class WebhookHandler(Handler):
     def rollback(self) -> None:
         self.pending = []
 
+    def describe_commit(self) -> str:
+        """What commit() would send (for dry runs)."""
+        if not self.pending:
+            return "would POST nothing"
+        return (f"would POST {len(self.pending)} request(s) to {self.shown_url}: "
+                + "; ".join(what for what, _, _ in self.pending[:5])
+                + (" ..." if len(self.pending) > 5 else ""))
+
     def _post(self, client: httpx.Client, what: str, body: bytes, key: str) -> None:
         headers = {**self.headers, IDEMPOTENCY_HEADER: key}
         attempts = self.retries + 1

@@ -22,12 +22,12 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from winchester.clock import Clock, WallClock
 from winchester.events import Event
-from winchester.pipelines import PipelineSet
+from winchester.pipelines import PipelineSet, RunResult
 from winchester.store import EXPIRE, FIRE, ClaimedStream, IngestItem, Store, StoreError, StreamOutcome
 from winchester.timex import parse as parse_timex
 
@@ -44,6 +44,11 @@ TRIM_SECONDS = 2.0
 IDLE_CHECKS = 50
 # Longest back-off after losing the database.
 MAX_BACKOFF = 60.0
+
+
+# Called after each stream's pipeline ran (its RunResult; None when its trigger
+# has no pipeline for the outcome), with the clock's reading: simulate's report.
+RunObserver = Callable[[ClaimedStream, list[Event], RunResult | None, datetime], None]
 
 
 @dataclass
@@ -83,6 +88,7 @@ class Worker:
                  purge_completed: bool = True, trim_events: bool = False,
                  trim_events_age: str = "$timestamp - 14d", trim_events_batch_size: int = 100,
                  statistics_period: float = 10.0, grace: timedelta = timedelta(0),
+                 dry_run: bool = False, on_run: RunObserver | None = None,
                  sleep: Callable[[float], Any] | None = None):
         self.store = store
         self.triggers = triggers
@@ -100,6 +106,8 @@ class Worker:
         self.trim_batch_size = trim_events_batch_size
         self.statistics_period = statistics_period
         self.grace = grace
+        self.dry_run = dry_run
+        self.on_run = on_run
         self.stats = WorkerStats()
         self._unrecorded: list[StreamOutcome] = []
         self._stopping = threading.Event()
@@ -148,6 +156,20 @@ class Worker:
         if self.trim_events and not self.stopping:
             done += self.trim_for(TRIM_SECONDS)
         return done
+
+    def drain(self) -> int:
+        """Fire and expire until nothing is due (no trimming, no statistics line); returns how many ran.
+
+        For a worker running in the ingesting thread (replay, simulate),
+        after each committed batch.
+        """
+        total = 0
+        while not self.stopping:
+            processed = self.process(FIRE) + self.process(EXPIRE)
+            if not processed:
+                break
+            total += processed
+        return total
 
     def run_until_idle(self) -> int:
         """Process until nothing is due (``--once``); returns the streams processed."""
@@ -288,6 +310,13 @@ class Worker:
                 self.stats.expired += 1
 
     def _run(self, stream: ClaimedStream, events: list[Event]) -> StreamOutcome:
+        outcome, result = self._run_pipeline(stream, events)
+        if self.on_run is not None:
+            self.on_run(stream, events, result, self.clock.now())
+        return outcome
+
+    def _run_pipeline(self, stream: ClaimedStream,
+                      events: list[Event]) -> tuple[StreamOutcome, RunResult | None]:
         trigger = self.triggers.by_name.get(stream.trigger_name)
         if trigger is None:
             return self._failed(stream, f"unknown trigger {stream.trigger_name!r}: it is not in the "
@@ -298,7 +327,7 @@ class Worker:
                         stream.trigger_name, "firing" if stream.action == FIRE else "expiring",
                         len(events), pipeline_name or "(none)")
         if not pipeline_name:
-            return StreamOutcome(stream)
+            return StreamOutcome(stream), None
         pipeline = self.pipelines.get(pipeline_name)
         if pipeline is None:
             return self._failed(stream, f"unknown pipeline {pipeline_name!r} (trigger "
@@ -310,19 +339,20 @@ class Worker:
             "pipeline": pipeline_name,
             "distinguishing_traits": dict(stream.distinguishing_traits),
         }
-        result = pipeline.run(events, env)
+        result = pipeline.run(events, env, commit=not self.dry_run)
         self.stats.commit_errors += len(result.commit_errors)
         if not result.ok:
-            return self._failed(stream, result.error or "pipeline failed")
+            return self._failed(stream, result.error or "pipeline failed", result)
         now = self.clock.now()
         matches = self.triggers.matches
         return StreamOutcome(stream, generated=[IngestItem(event, matches(event), now)
-                                                for event in result.generated])
+                                                for event in result.generated]), result
 
     @staticmethod
-    def _failed(stream: ClaimedStream, reason: str) -> StreamOutcome:
+    def _failed(stream: ClaimedStream, reason: str,
+                result: RunResult | None = None) -> tuple[StreamOutcome, RunResult]:
         logger.error("stream %s (%s): %s", stream.id, stream.trigger_name, reason)
-        return StreamOutcome(stream, reason)
+        return StreamOutcome(stream, reason), result or RunResult("", error=reason)
 
     def trim(self) -> int:
         """Delete one batch of old events no live stream holds; returns how many."""

@@ -48,6 +48,10 @@ class BulkWriter:
         """Insert the events whose message_id is new; message_id -> id of those inserted."""
         raise NotImplementedError
 
+    def known_message_ids(self, connection: Connection, message_ids: Sequence[str]) -> set[str]:
+        """Which of these message ids are stored as events."""
+        raise NotImplementedError
+
     def insert_traits(self, connection: Connection, rows: Sequence[TraitRow]) -> None:
         raise NotImplementedError
 
@@ -101,9 +105,8 @@ class SQLiteWriter(BulkWriter):
     rows come back as one JSON document for the same reason.
     """
 
-    def insert_events(self, connection: Connection, rows: Sequence[EventRow]) -> dict[str, int]:
+    def known_message_ids(self, connection: Connection, message_ids: Sequence[str]) -> set[str]:
         known: set[str] = set()
-        message_ids = [row[0] for row in rows]
         for chunk in _sqlite_chunks(connection, message_ids, 1):
             marks = ",".join("?" * len(chunk))
             found = connection.exec_driver_sql(
@@ -111,6 +114,10 @@ class SQLiteWriter(BulkWriter):
                 tuple(chunk)).scalar()
             if found and found != "[]":
                 known.update(orjson.loads(found))
+        return known
+
+    def insert_events(self, connection: Connection, rows: Sequence[EventRow]) -> dict[str, int]:
+        known = self.known_message_ids(connection, [row[0] for row in rows])
         fresh = [row for row in rows if row[0] not in known] if known else rows
         if not fresh:
             return {}
@@ -230,6 +237,14 @@ class PostgreSQLWriter(BulkWriter):
                 "SELECT message_id, event_type_id, generated, traits FROM incoming_events "
                 "ORDER BY ord ON CONFLICT (message_id) DO NOTHING RETURNING message_id, id")
             return dict(cursor.fetchall())
+
+    def known_message_ids(self, connection: Connection, message_ids: Sequence[str]) -> set[str]:
+        known: set[str] = set()
+        for start in range(0, len(message_ids), _LOOKUP_CHUNK):
+            known.update(message_id for (message_id,) in connection.exec_driver_sql(
+                "SELECT message_id FROM events WHERE message_id = ANY(%b::varchar[])",
+                (list(message_ids[start:start + _LOOKUP_CHUNK]),)))
+        return known
 
     def insert_traits(self, connection: Connection, rows: Sequence[TraitRow]) -> None:
         self._copy(connection, "event_traits (event_id, name, type, t_string, t_int, t_float, "

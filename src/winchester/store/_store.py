@@ -466,6 +466,13 @@ class Store(WorkQueue, ArchiveStore):
                 .where(events.c.message_id == message_id)).first()
         return None if row is None else _event_from_row(row)
 
+    def stored_message_ids(self, message_ids: Sequence[str]) -> set[str]:
+        """Which of these message ids are already stored as events (one query per few thousand)."""
+        if not message_ids:
+            return set()
+        with self._reading() as connection:
+            return self._bulk.known_message_ids(connection, list(message_ids))
+
     def count_events(self) -> int:
         with self.engine.connect() as connection:
             return connection.execute(sa.select(sa.func.count()).select_from(events)).scalar_one()

@@ -57,6 +57,8 @@ class ClaimedStream:
     last_event: datetime
     event_count: int
     attempts: int
+    expire_timestamp: datetime | None = None
+    fire_timestamp: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -145,13 +147,16 @@ class WorkQueue:
                             attempts=streams.c.attempts + 1, updated_at=now)
                     .returning(streams.c.id, streams.c.trigger_name, streams.c.state_serial,
                                streams.c.distinguishing_traits, streams.c.first_event,
-                               streams.c.last_event, streams.c.event_count, streams.c.attempts))
+                               streams.c.last_event, streams.c.event_count, streams.c.attempts,
+                               streams.c.expire_timestamp, streams.c.fire_timestamp))
                 claimed.extend(ClaimedStream(
                     id=row.id, action=action, trigger_name=row.trigger_name, serial=row.state_serial,
                     previous_state=previous[row.id],
                     distinguishing_traits=distinguishing_from_json(orjson.loads(row.distinguishing_traits)),
                     first_event=row.first_event, last_event=row.last_event,
-                    event_count=row.event_count, attempts=row.attempts) for row in rows)
+                    event_count=row.event_count, attempts=row.attempts,
+                    expire_timestamp=row.expire_timestamp, fire_timestamp=row.fire_timestamp)
+                    for row in rows)
             claimed.sort(key=lambda stream: stream.id)
             return claimed
 

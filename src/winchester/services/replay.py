@@ -1,0 +1,280 @@
+"""Replay: notifications from the past back through ingest, in event time.
+
+A :class:`Replayer` takes notifications in the order they arrived (a file, a
+directory of captures, stdin, the persistor's archive) and feeds them to an
+:class:`~winchester.services.ingest.Ingester` in batches, each committed in
+one transaction. With a worker it fires and expires streams as event time
+advances: after every committed batch, the worker runs whatever became due.
+
+Why a fast replay builds what the live run built: "now" is the event clock
+(the newest event time ingested), and a stream stops taking events the
+moment it is due (ready and its fire time come, or expired), so which events
+a stream holds depends only on the notifications' timestamps and order, never
+on how soon a worker got to it. Replaying a week in a minute therefore gives
+the same streams, states and pipeline outputs as living through the week.
+
+``speed`` paces delivery by the notifications' own timestamps (N times real
+time); without it notifications go as fast as the store takes them.
+``resume`` skips, before distilling, the notifications whose message_id is
+already stored, so an interrupted replay picks up where its last committed
+batch ended (without it they are recognised as duplicates, more slowly).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from winchester.distill import NotificationRejected, decode_notification, read_envelope
+from winchester.services.ingest import Ingester
+from winchester.services.intake import archive_row
+from winchester.services.worker import Worker
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One notification to replay: its body as captured, and where it came from."""
+
+    body: Any      # bytes or str (JSON), or an already decoded mapping
+    origin: str    # "capture.jsonl:12", "archive:345": named in dead letters and errors
+
+
+@dataclass
+class ReplaySummary:
+    """What a replay did; the counts are for this run only."""
+
+    read: int = 0
+    saved: int = 0
+    duplicates: int = 0
+    skipped: int = 0            # already stored, passed over by --resume
+    unconverted: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    late: int = 0
+    ahead: int = 0
+    archived: int = 0
+    streams_created: int = 0
+    fired: int = 0
+    expired: int = 0
+    pipeline_errors: int = 0
+    first_event_time: datetime | None = None
+    event_time: datetime | None = None    # the clock when the replay ended
+    elapsed: float = 0.0
+    interrupted: bool = False
+    committed_through: str | None = None  # origin of the last notification known committed
+
+    @property
+    def rate(self) -> float:
+        return self.read / self.elapsed if self.elapsed > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "read": self.read, "saved": self.saved, "duplicates": self.duplicates,
+            "skipped_already_stored": self.skipped, "unconverted": self.unconverted,
+            "rejected": dict(self.rejected), "late": self.late, "ahead_of_clock": self.ahead,
+            "archived": self.archived, "streams_created": self.streams_created,
+            "fired": self.fired, "expired": self.expired, "pipeline_errors": self.pipeline_errors,
+            "event_time": self.event_time.isoformat() if self.event_time else None,
+            "elapsed_seconds": round(self.elapsed, 3), "interrupted": self.interrupted,
+            "committed_through": self.committed_through,
+        }
+
+
+class Replayer:
+    """Feeds notifications to ``ingester`` in committed batches; see the module documentation.
+
+    ``worker`` (optional) runs in this thread after every batch, on the
+    ingester's clock. ``on_batch`` is called after each committed batch with
+    the running summary (progress bars). ``archive`` also keeps every raw
+    notification in the archive, as the persistor would have.
+    """
+
+    def __init__(self, ingester: Ingester, *, worker: Worker | None = None,
+                 batch_size: int = DEFAULT_BATCH_SIZE, speed: float | None = None,
+                 resume: bool = False, archive: bool = False,
+                 on_batch: Callable[[ReplaySummary], None] | None = None,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], bool] | None = None):
+        if speed is not None and speed <= 0:
+            raise ValueError("speed must be positive")
+        self.ingester = ingester
+        self.store = ingester.store
+        self.worker = worker
+        self.batch_size = batch_size
+        self.speed = speed
+        self.resume = resume
+        self.archive = archive
+        self.on_batch = on_batch
+        self.summary = ReplaySummary()
+        self._monotonic = monotonic
+        self._stopping = threading.Event()
+        # Waits up to its argument; True when stop() ended the wait early.
+        self._sleep = sleep or self._stopping.wait
+        self._started = 0.0
+        # Pacing: (real time, event time) of the first paced notification.
+        self._origin: tuple[float, datetime] | None = None
+
+    def stop(self) -> None:
+        """Stop after the batch being written (safe from a signal handler)."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def run(self, notifications: Iterable[Notification]) -> ReplaySummary:
+        """Replay everything (or until :meth:`stop`); returns the summary.
+
+        A database failure propagates (as :class:`~winchester.store.StoreError`)
+        after the summary is brought up to date: ``committed_through`` then
+        says where a ``resume`` run picks up.
+        """
+        summary = self.summary
+        self._started = self._monotonic()
+        new_streams_before = sum(self.ingester.stats.new_streams.values())
+        try:
+            batch: list[Notification] = []
+            for notification in notifications:
+                if self.stopping or (self.speed is not None and not self._wait_for(notification, batch)):
+                    summary.interrupted = True
+                    break
+                batch.append(notification)
+                summary.read += 1
+                if len(batch) >= self.batch_size:
+                    self._flush(batch)
+                    batch = []
+            # What was read is written, stopping or not: it is quick, and
+            # "committed through" then names the last notification read.
+            if batch:
+                self._flush(batch)
+        finally:
+            summary.elapsed = self._monotonic() - self._started
+            summary.streams_created = sum(self.ingester.stats.new_streams.values()) - new_streams_before
+            summary.event_time = self.ingester.clock.now()
+        return summary
+
+    # -- batches -----------------------------------------------------------------------
+
+    def _flush(self, batch: list[Notification]) -> None:
+        summary = self.summary
+        bodies = [notification.body for notification in batch]
+        origins = [notification.origin for notification in batch]
+        if self.resume:
+            bodies, origins = self._not_stored(bodies, origins)
+        if bodies:
+            now = self.ingester.clock.now()
+            if self.archive:
+                summary.archived += self.store.archive_notifications(
+                    [archive_row(_as_bytes(body), now) for body in bodies]).archived
+            prepared = self.ingester.prepare(bodies)
+            outcome = self.ingester.commit(prepared, dead_letter_source=lambda r: origins[r.position])
+            summary.saved += outcome.stored.saved
+            summary.duplicates += len(outcome.stored.duplicates)
+            summary.unconverted += outcome.unconverted
+            summary.late += outcome.late
+            summary.ahead += outcome.ahead
+            for rejected in outcome.rejected:
+                summary.rejected[rejected.reason] += 1
+            if summary.first_event_time is None and prepared.items:
+                summary.first_event_time = min(item.event["timestamp"] for item in prepared.items)
+        summary.committed_through = batch[-1].origin
+        if self.worker is not None:
+            self._drain()
+        summary.event_time = self.ingester.clock.now()
+        summary.elapsed = self._monotonic() - self._started
+        if self.on_batch is not None:
+            self.on_batch(summary)
+
+    def _not_stored(self, bodies: list[Any], origins: list[str]) -> tuple[list[Any], list[str]]:
+        """Drop the notifications already stored; keep the rest, and what cannot be read (it is
+        rejected, with its reason, by the ingester)."""
+        ids: list[str | None] = []
+        for body in bodies:
+            try:
+                ids.append(read_envelope(decode_notification(body))[1])
+            except NotificationRejected:
+                ids.append(None)
+        stored = self.store.stored_message_ids([i for i in ids if i is not None])
+        if not stored:
+            return bodies, origins
+        kept = [(body, origin) for body, origin, message_id in zip(bodies, origins, ids, strict=True)
+                if message_id not in stored]
+        self.summary.skipped += len(bodies) - len(kept)
+        return [body for body, _ in kept], [origin for _, origin in kept]
+
+    def _drain(self) -> None:
+        worker = self.worker
+        assert worker is not None
+        before = (worker.stats.fired, worker.stats.expired, sum(worker.stats.errors.values()))
+        worker.drain()
+        self.summary.fired += worker.stats.fired - before[0]
+        self.summary.expired += worker.stats.expired - before[1]
+        self.summary.pipeline_errors += sum(worker.stats.errors.values()) - before[2]
+
+    # -- pacing ------------------------------------------------------------------------
+
+    def _wait_for(self, notification: Notification, batch: list[Notification]) -> bool:
+        """Hold ``notification`` back until its time at ``speed``; False if stopped meanwhile.
+
+        What is waiting in ``batch`` is written first: live, it would have
+        been stored while the next notification was still on its way.
+        """
+        stamped = _timestamp_of(notification.body)
+        if stamped is None:
+            return True  # it is rejected on ingest; no time to keep
+        if self._origin is None:
+            self._origin = (self._monotonic(), stamped)
+            return True
+        real_start, event_start = self._origin
+        due = real_start + (stamped - event_start).total_seconds() / self.speed  # type: ignore[operator]
+        wait = due - self._monotonic()
+        if wait <= 0:
+            return True
+        if batch:
+            self._flush(batch)
+            batch.clear()
+            wait = due - self._monotonic()
+        if wait > 0 and (self._sleep(wait) or self.stopping):
+            return False
+        return True
+
+
+def _timestamp_of(body: Any) -> datetime | None:
+    try:
+        return read_envelope(decode_notification(body))[2]
+    except NotificationRejected:
+        return None
+
+
+def _as_bytes(body: Any) -> bytes:
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, str):
+        return body.encode("utf-8", "surrogatepass")
+    import orjson
+
+    return orjson.dumps(body, default=str)
+
+
+def from_archive(rows: Iterable[Any], skipped: Counter[str] | None = None) -> Iterator[Notification]:
+    """Archived notifications (:meth:`Store.iter_archive` rows) as replay input.
+
+    Rows the persistor already marked ``rejected`` (not JSON, no message_id,
+    ...) are passed over and counted in ``skipped``: replaying them would
+    only dead-letter them again.
+    """
+    for row in rows:
+        if row.status == "rejected":
+            if skipped is not None:
+                skipped[row.reason.split(":", 1)[0] if row.reason else "rejected"] += 1
+            continue
+        yield Notification(row.body, f"archive:{row.id}")
