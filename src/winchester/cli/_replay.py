@@ -21,6 +21,8 @@ from winchester.services.replay import Notification, Replayer, ReplaySummary, fr
 from winchester.services.worker import build_worker
 
 ARCHIVE_SOURCE = "archive:"
+# The name replay's in-process worker claims streams under (--resume takes its claims back).
+REPLAY_WORKER = "replay"
 
 
 @click.command("replay")
@@ -42,8 +44,9 @@ ARCHIVE_SOURCE = "archive:"
               help="Fire and expire streams as event time advances, in this process (after each "
                    "batch), running their pipelines.")
 @click.option("--resume", is_flag=True,
-              help="Skip notifications already stored (by message_id) without distilling them: "
-                   "pick up an interrupted replay.")
+              help="Skip notifications already stored (by message_id) without distilling them, "
+                   "and with --run-workers run again the streams an interrupted replay had "
+                   "claimed: pick up an interrupted replay.")
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=1000, show_default=True,
               help="Notifications per database transaction.")
 @click.option("--archive/--no-archive", "keep_archive", default=False, show_default=True,
@@ -84,8 +87,15 @@ def replay(config_file: str, source: str, since: datetime | None, until: datetim
     clock = clock_from_settings(settings, store, clock_kind)
     ingester = Ingester(store, parts.triggers, parts.distiller, clock,
                         timedelta(seconds=settings.late_event_grace))
-    worker = build_worker(settings, store, parts.triggers, parts.pipelines, name="replay",
+    worker = build_worker(settings, store, parts.triggers, parts.pipelines, name=REPLAY_WORKER,
                           clock=clock) if run_workers else None
+    if worker is not None and resume:
+        # A killed replay's claims would wait out their lease; their pipelines
+        # run again (generated ids are deterministic, so outputs are not doubled).
+        taken_back = store.release_claims_of(REPLAY_WORKER, clock.now())
+        if taken_back:
+            console.print(f"{taken_back:,} stream(s) the interrupted replay had claimed will run "
+                          "again", markup=False)
     skipped_in_archive: Counter[str] = Counter()
     if from_the_archive:
         total = store.count_archive(since, until, event_type)

@@ -193,27 +193,30 @@ class Ingester:
         items = []
         clock = self.clock
         matches_of = self.triggers.matches
-        ahead: list[Event] = []
-        late: list[Event] = []
+        # (count, first such event, the clock when it came)
+        ahead: list[Any] = [0, None, None]
+        late: list[Any] = [0, None, None]
         for event in events:
             verdict = clock.observe(event["timestamp"])
-            if verdict is AHEAD:
-                ahead.append(event)
-            elif verdict is LATE:
-                late.append(event)
-            items.append(IngestItem(event, matches_of(event), clock.now()))
-        if ahead:
-            outcome.ahead += len(ahead)
-            logger.warning("%d event(s) stamped more than %s ahead of the %s clock (%s): stored, "
-                           "but time not moved by them; e.g. %s at %s", len(ahead),
-                           _skew_of(clock), clock.name, f"{clock.now():%Y-%m-%d %H:%M:%S}",
-                           ahead[0]["message_id"], ahead[0]["timestamp"])
-        if late:
-            outcome.late += len(late)
-            logger.info("%d event(s) stamped more than %s behind the %s clock (%s): stored; e.g. "
-                        "%s at %s", len(late), _skew_of(clock), clock.name,
-                        f"{clock.now():%Y-%m-%d %H:%M:%S}", late[0]["message_id"],
-                        late[0]["timestamp"])
+            now = clock.now()
+            if verdict is AHEAD or verdict is LATE:
+                tally = ahead if verdict is AHEAD else late
+                if not tally[0]:
+                    tally[1:] = event, now
+                tally[0] += 1
+            items.append(IngestItem(event, matches_of(event), now))
+        if ahead[0]:
+            outcome.ahead += ahead[0]
+            logger.warning("%d event(s) stamped more than %s ahead of the %s clock: stored, but "
+                           "time not moved by them (unless a second event confirms the jump); "
+                           "e.g. %s at %s when the clock said %s", ahead[0], _skew_of(clock),
+                           clock.name, ahead[1]["message_id"], ahead[1]["timestamp"],
+                           f"{ahead[2]:%Y-%m-%d %H:%M:%S}")
+        if late[0]:
+            outcome.late += late[0]
+            logger.info("%d event(s) stamped more than %s behind the %s clock: stored; e.g. %s at "
+                        "%s when the clock said %s", late[0], _skew_of(clock), clock.name,
+                        late[1]["message_id"], late[1]["timestamp"], f"{late[2]:%Y-%m-%d %H:%M:%S}")
         return items
 
 

@@ -316,6 +316,24 @@ class WorkQueue:
         if claimed:
             self._retrying(release)
 
+    def release_claims_of(self, worker: str, now: datetime) -> int:
+        """Hand back every stream ``worker`` holds, to be run again at once (retry states).
+
+        For a worker name known to be dead (a killed ``replay`` being
+        resumed): its claims would otherwise wait out their lease.
+        """
+        def release(connection: Connection) -> int:
+            released = 0
+            for _, (_, claimed_state, _, retry_state) in _ACTIONS.items():
+                released += connection.execute(
+                    streams.update()
+                    .where(streams.c.claimed_by == worker, streams.c.state == claimed_state)
+                    .values(state=retry_state, state_serial=streams.c.state_serial + 1,
+                            claimed_by=None, claim_expires=None, updated_at=now)).rowcount
+            return released
+
+        return self._retrying(release)
+
     def reset_streams(self, stream_ids: Iterable[int] | None, now: datetime) -> dict[int, str]:
         """Move error streams to ``retry_fire``/``retry_expire``; None means every error stream.
 
