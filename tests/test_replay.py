@@ -234,7 +234,8 @@ def test_resume_after_a_killed_replay_ends_as_an_uninterrupted_one(tmp_path, dat
             assert replay.poll() is None, "the replay ended before it could be interrupted"
             time.sleep(0.05)
         replay.kill()
-        replay.communicate()
+        # Its worker process notices and exits too (else it would hold the pipes open).
+        replay.communicate(timeout=60)
         stored = store.count_events()
     finally:
         store.close()

@@ -280,6 +280,30 @@ def test_generated_events_are_ingested_and_matched_once(store):
     assert store.count_events() == before
 
 
+def test_generated_events_arrive_when_their_stream_became_due_not_when_a_worker_ran_it(store):
+    """A worker that gets to a stream hours late still ingests its outputs as of the stream's due
+    time: the streams they join (and when those fire) do not depend on the worker's timing."""
+    verdicts = trigger_data(name="verdicts", distinguished_by=["instance_id"], fire_pipeline="report",
+                            expire_pipeline=None, fire_delay=60,
+                            match_criteria=[{"event_type": "audit.*"}],
+                            fire_criteria=[{"event_type": "audit.verdict"}])
+    triggers = make_triggers(trigger_data(match_criteria=[{"event_type": ["compute.*"]}]), verdicts)
+
+    def verdict(events, env):
+        source = events[-1]
+        return [{"message_id": generated_message_id(env["stream_id"], source["message_id"], "audit.verdict"),
+                 "event_type": "audit.verdict", "timestamp": source["timestamp"],
+                 "instance_id": source["instance_id"]}]
+
+    ingest(store, triggers, [event("end", "compute.end", minutes=5)], at=T0 + timedelta(minutes=5))
+    [instance] = store.list_streams()
+    pipes = pipelines(on_fire=[Journal().handler("audit", add=verdict)], report=[])
+    late = T0 + timedelta(hours=5)
+    worker(store, triggers, pipes, late).process(FIRE)
+    report = next(s for s in store.list_streams() if s.trigger_name == "verdicts")
+    assert report.fire_timestamp == instance.fire_timestamp + timedelta(seconds=60)
+
+
 def test_a_generated_event_without_an_id_gets_a_deterministic_one(store):
     """A handler that appends an event without message_id: it is named after the stream, reproducibly."""
     triggers = make_triggers()

@@ -38,7 +38,8 @@ def open_lines(source: str) -> Iterator[BinaryIO]:
 def numbered_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
     """Non-blank lines with their 1-based line numbers."""
     for number, line in enumerate(stream, 1):
-        if line.strip():
+        # isspace() stops at the first visible byte; strip() would copy the line.
+        if line and not line.isspace():
             yield number, line
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from pathlib import Path
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
@@ -17,8 +18,14 @@ from winchester.cli._setup import open_parts
 from winchester.clock import clock_from_settings
 from winchester.errors import WinchesterError
 from winchester.services.ingest import Ingester
-from winchester.services.replay import Notification, Replayer, ReplaySummary, from_archive
-from winchester.services.worker import build_worker
+from winchester.services.replay import (
+    Notification,
+    Replayer,
+    ReplaySummary,
+    WorkerProcess,
+    WorkerProcessError,
+    from_archive,
+)
 
 ARCHIVE_SOURCE = "archive:"
 # The name replay's in-process worker claims streams under (--resume takes its claims back).
@@ -41,8 +48,8 @@ REPLAY_WORKER = "replay"
               help="Deliver at N times real time, paced by the notifications' own timestamps "
                    "[default: as fast as possible].")
 @click.option("--run-workers", is_flag=True,
-              help="Fire and expire streams as event time advances, in this process (after each "
-                   "batch), running their pipelines.")
+              help="Fire and expire streams as event time advances, running their pipelines (a "
+                   "worker in a child process of this command, on its own core).")
 @click.option("--resume", is_flag=True,
               help="Skip notifications already stored (by message_id) without distilling them, "
                    "and with --run-workers run again the streams an interrupted replay had "
@@ -87,8 +94,8 @@ def replay(config_file: str, source: str, since: datetime | None, until: datetim
     clock = clock_from_settings(settings, store, clock_kind)
     ingester = Ingester(store, parts.triggers, parts.distiller, clock,
                         timedelta(seconds=settings.late_event_grace))
-    worker = build_worker(settings, store, parts.triggers, parts.pipelines, name=REPLAY_WORKER,
-                          clock=clock) if run_workers else None
+    worker = WorkerProcess(str(Path(config_file).resolve()), clock_kind=clock_kind,
+                           name=REPLAY_WORKER, record_every=max(batch_size, 250)) if run_workers else None
     if worker is not None and resume:
         # A killed replay's claims would wait out their lease; their pipelines
         # run again (generated ids are deterministic, so outputs are not doubled).
@@ -117,7 +124,8 @@ def replay(config_file: str, source: str, since: datetime | None, until: datetim
                         now=f"event time {summary.event_time:%Y-%m-%d %H:%M:%S}"
                         if summary.event_time and clock_kind == "event" else "")
 
-    replayer = Replayer(ingester, worker=worker, batch_size=batch_size, speed=speed, resume=resume,
+    replayer = Replayer(ingester, worker_process=worker, batch_size=batch_size, speed=speed,
+                        resume=resume,
                         archive=keep_archive, on_batch=show)
     failure: BaseException | None = None
     try:
@@ -127,7 +135,7 @@ def replay(config_file: str, source: str, since: datetime | None, until: datetim
             if total is None and total_bytes is not None:
                 notifications = _counting_bytes(notifications, progress, task)
             summary = replayer.run(notifications)
-    except (WinchesterError, SQLAlchemyError) as exc:
+    except (WinchesterError, SQLAlchemyError, WorkerProcessError) as exc:
         failure = exc
         summary = replayer.summary
     finally:
@@ -152,10 +160,15 @@ def _from_capture(source: str, unwrap: str | None) -> Iterator[Notification]:
 def _counting_bytes(notifications: Iterator[Notification], progress: Progress,
                     task) -> Iterator[Notification]:
     """Advance the bar by the bytes read (a capture's size is known before its line count)."""
-    for notification in notifications:
+    read = 0
+    for count, notification in enumerate(notifications, 1):
         body = notification.body
-        progress.advance(task, len(body) if isinstance(body, (bytes, str)) else 0)
+        read += len(body) if isinstance(body, (bytes, str)) else 0
+        if count % 500 == 0:
+            progress.advance(task, read)
+            read = 0
         yield notification
+    progress.advance(task, read)
 
 
 def _report(console: Console, summary: ReplaySummary, skipped_in_archive: Counter[str],

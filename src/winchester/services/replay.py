@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from winchester.distill import NotificationRejected, decode_notification, read_envelope
 from winchester.services.ingest import Ingester
@@ -41,8 +41,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 1000
 
 
-@dataclass(frozen=True)
-class Notification:
+class Notification(NamedTuple):
     """One notification to replay: its body as captured, and where it came from."""
 
     body: Any      # bytes or str (JSON), or an already decoded mapping
@@ -99,6 +98,7 @@ class Replayer:
     """
 
     def __init__(self, ingester: Ingester, *, worker: Worker | None = None,
+                 worker_process: WorkerProcess | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, speed: float | None = None,
                  resume: bool = False, archive: bool = False,
                  on_batch: Callable[[ReplaySummary], None] | None = None,
@@ -108,7 +108,10 @@ class Replayer:
             raise ValueError("speed must be positive")
         self.ingester = ingester
         self.store = ingester.store
+        if worker is not None and worker_process is not None:
+            raise ValueError("a worker in this thread or in a child process, not both")
         self.worker = worker
+        self.worker_process = worker_process
         self.batch_size = batch_size
         self.speed = speed
         self.resume = resume
@@ -141,6 +144,9 @@ class Replayer:
         summary = self.summary
         self._started = self._monotonic()
         new_streams_before = sum(self.ingester.stats.new_streams.values())
+        if self.worker_process is not None:
+            self.worker_process.start()
+        worker_finished = False
         try:
             batch: list[Notification] = []
             for notification in notifications:
@@ -156,7 +162,16 @@ class Replayer:
             # "committed through" then names the last notification read.
             if batch:
                 self._flush(batch)
+            if self.worker_process is not None:
+                # The input is all in: the child works off what is due, then reports.
+                worker_finished = True
+                self._count_worker(self.worker_process.finish(stop=summary.interrupted))
         finally:
+            if self.worker_process is not None and not worker_finished:
+                try:
+                    self.worker_process.finish(stop=True)
+                except WorkerProcessError as exc:
+                    logger.warning("%s", exc)
             summary.elapsed = self._monotonic() - self._started
             summary.streams_created = sum(self.ingester.stats.new_streams.values()) - new_streams_before
             summary.event_time = self.ingester.clock.now()
@@ -189,6 +204,8 @@ class Replayer:
         summary.committed_through = batch[-1].origin
         if self.worker is not None:
             self._drain()
+        elif self.worker_process is not None:
+            self.worker_process.check()
         summary.event_time = self.ingester.clock.now()
         summary.elapsed = self._monotonic() - self._started
         if self.on_batch is not None:
@@ -210,6 +227,11 @@ class Replayer:
                 if message_id not in stored]
         self.summary.skipped += len(bodies) - len(kept)
         return [body for body, _ in kept], [origin for _, origin in kept]
+
+    def _count_worker(self, stats: dict[str, Any]) -> None:
+        self.summary.fired += stats["fired"]
+        self.summary.expired += stats["expired"]
+        self.summary.pipeline_errors += stats["errors"]
 
     def _drain(self) -> None:
         worker = self.worker
@@ -278,3 +300,133 @@ def from_archive(rows: Iterable[Any], skipped: Counter[str] | None = None) -> It
                 skipped[row.reason.split(":", 1)[0] if row.reason else "rejected"] += 1
             continue
         yield Notification(row.body, f"archive:{row.id}")
+
+
+class WorkerProcess:
+    """A pipeline worker in a child process, for ``replay --run-workers``.
+
+    Ingest and pipelines then use a core each. The child reads the
+    configuration itself (spawned, not forked: no database connection is
+    shared), follows the shared event clock the replay moves in the store,
+    and fires and expires what becomes due, polling every ``poll`` seconds.
+    :meth:`finish` tells it the input has ended: it works off everything
+    due, then exits with its counts.
+    """
+
+    def __init__(self, config_file: str, *, clock_kind: str = "event", name: str = "replay",
+                 poll: float = 0.05, record_every: int = 1000):
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self._done = context.Event()
+        self._stop = context.Event()
+        self._results = context.Queue()
+        self._process = context.Process(
+            target=_worker_process_main, name=f"winchester-{name}",
+            args=(config_file, clock_kind, name, poll, record_every, self._done, self._stop,
+                  self._results), daemon=True)
+        self.stats: dict[str, Any] = {}
+
+    def start(self) -> None:
+        self._process.start()
+
+    def check(self) -> None:
+        """Raise if the child died (its pipelines would never run)."""
+        if not self._process.is_alive() and self._process.exitcode not in (None, 0):
+            raise WorkerProcessError(f"the replay's worker process died (exit status "
+                                     f"{self._process.exitcode}); see its log above")
+
+    def finish(self, stop: bool = False) -> dict[str, Any]:
+        """End of input (or ``stop``: give back what is claimed and end now); wait for the child."""
+        (self._stop if stop else self._done).set()
+        while self._process.is_alive() or not self.stats:
+            try:
+                self.stats = self._results.get(timeout=0.5)
+                break
+            except Exception:  # noqa: BLE001 - queue.Empty; keep waiting while the child lives
+                if not self._process.is_alive():
+                    break
+        self._process.join(timeout=60)
+        if not self.stats:
+            raise WorkerProcessError(f"the replay's worker process ended without a report (exit "
+                                     f"status {self._process.exitcode}); see its log above")
+        if "error" in self.stats:
+            raise WorkerProcessError(f"the replay's worker process failed: {self.stats['error']}")
+        return self.stats
+
+
+class WorkerProcessError(RuntimeError):
+    """The child process running a replay's pipelines failed."""
+
+
+def _worker_process_main(config_file: str, clock_kind: str, name: str, poll: float,
+                         record_every: int, done: Any, stop: Any, results: Any) -> None:
+    import os
+    import signal
+
+    from winchester.clock import clock_from_settings
+    from winchester.config import (
+        load_pipeline_definitions,
+        load_settings,
+        load_trigger_definitions,
+        open_store,
+    )
+    from winchester.logs import configure_logging
+    from winchester.services.worker import build_worker
+    from winchester.store import StoreError
+
+    parent = os.getppid()
+    # The terminal's Ctrl-C reaches the whole process group: the parent decides.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        settings = load_settings(config_file)
+        configure_logging(settings)
+        triggers = load_trigger_definitions(settings)
+        store = open_store(settings, triggers)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which says it
+        results.put({"error": f"{type(exc).__name__}: {exc}"})
+        return
+    try:
+        worker = build_worker(settings, store, triggers, load_pipeline_definitions(settings),
+                              name=name, clock=clock_from_settings(settings, store, clock_kind),
+                              record_every=record_every)
+        # Worker.stop only sets a flag: safe in a signal handler (a multiprocessing
+        # Event's set() is not: it may wait for a lock the interrupted code holds).
+        signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+
+        def watch() -> None:
+            # The parent asks us to stop, or died without asking (kill -9): a
+            # long drain ends after its current stream, claims given back.
+            while not stop.wait(0.5):
+                if os.getppid() != parent:
+                    break
+            worker.stop()
+
+        threading.Thread(target=watch, daemon=True).start()
+        backoff = poll
+        while not worker.stopping:
+            finished = done.is_set()
+            try:
+                ran = worker.drain()
+            except StoreError as exc:
+                # The ingesting process holds the database, or it is away: wait, never die.
+                logger.warning("replay worker: %s; retrying in %.1fs", exc, backoff)
+                time.sleep(backoff)
+                backoff = min(5.0, backoff * 2)
+                continue
+            backoff = poll
+            if not ran and not worker.stopping:
+                if finished:
+                    # Drained after the input ended: nothing more can become due.
+                    break
+                time.sleep(poll)
+        if os.getppid() != parent:
+            # Nobody is left to read a report: exit without waiting to send it.
+            results.cancel_join_thread()
+            return
+        results.put({"fired": worker.stats.fired, "expired": worker.stats.expired,
+                     "errors": sum(worker.stats.errors.values())})
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        results.put({"error": f"{type(exc).__name__}: {exc}"})
+    finally:
+        store.close()

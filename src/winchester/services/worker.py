@@ -89,6 +89,7 @@ class Worker:
                  trim_events_age: str = "$timestamp - 14d", trim_events_batch_size: int = 100,
                  statistics_period: float = 10.0, grace: timedelta = timedelta(0),
                  dry_run: bool = False, on_run: RunObserver | None = None,
+                 record_every: int = RECORD_EVERY,
                  sleep: Callable[[float], Any] | None = None):
         self.store = store
         self.triggers = triggers
@@ -107,6 +108,7 @@ class Worker:
         self.statistics_period = statistics_period
         self.grace = grace
         self.dry_run = dry_run
+        self.record_every = record_every
         self.on_run = on_run
         self.stats = WorkerStats()
         self._unrecorded: list[StreamOutcome] = []
@@ -247,7 +249,8 @@ class Worker:
             ran += 1
             # Recorded in small groups: a worker that dies mid-batch leaves
             # only the last few streams to be run again.
-            if len(pending) >= RECORD_EVERY or time.monotonic() - flushed_at >= RECORD_SECONDS:
+            if (len(pending) >= self.record_every
+                    or time.monotonic() - flushed_at >= RECORD_SECONDS):
                 self._record(pending)
                 pending, flushed_at = [], time.monotonic()
         if pending:
@@ -343,7 +346,11 @@ class Worker:
         self.stats.commit_errors += len(result.commit_errors)
         if not result.ok:
             return self._failed(stream, result.error or "pipeline failed", result)
-        now = self.clock.now()
+        # Generated events arrive, logically, when the stream became due: how
+        # soon a worker got to it must not change which streams they join.
+        due = stream.fire_timestamp if stream.action == FIRE else (
+            stream.expire_timestamp + self.grace if stream.expire_timestamp else None)
+        now = due if due is not None else self.clock.now()
         matches = self.triggers.matches
         return StreamOutcome(stream, generated=[IngestItem(event, matches(event), now)
                                                 for event in result.generated]), result
