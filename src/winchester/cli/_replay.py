@@ -119,7 +119,8 @@ def replay(config_file: str, source: str, since: datetime | None, until: datetim
     replayer: Replayer
 
     def show(summary: ReplaySummary) -> None:
-        progress.update(task, completed=summary.read if total is not None else None,
+        progress.update(task, completed=summary.read if total is not None else (
+                            summary.bytes_read if total_bytes else None),
                         count=summary.read, rate=summary.rate,
                         now=f"event time {summary.event_time:%Y-%m-%d %H:%M:%S}"
                         if summary.event_time and clock_kind == "event" else "")
@@ -132,8 +133,6 @@ def replay(config_file: str, source: str, since: datetime | None, until: datetim
         with progress, stopped_by_signals(replayer.stop):
             task = progress.add_task("replay", total=total if total is not None else total_bytes,
                                      count=0, rate=0.0, now="")
-            if total is None and total_bytes is not None:
-                notifications = _counting_bytes(notifications, progress, task)
             summary = replayer.run(notifications)
     except (WinchesterError, SQLAlchemyError, WorkerProcessError) as exc:
         failure = exc
@@ -157,20 +156,6 @@ def _from_capture(source: str, unwrap: str | None) -> Iterator[Notification]:
         yield Notification(unwrapped(line, unwrap) if unwrap else line, f"{name}:{number}")
 
 
-def _counting_bytes(notifications: Iterator[Notification], progress: Progress,
-                    task) -> Iterator[Notification]:
-    """Advance the bar by the bytes read (a capture's size is known before its line count)."""
-    read = 0
-    for count, notification in enumerate(notifications, 1):
-        body = notification.body
-        read += len(body) if isinstance(body, (bytes, str)) else 0
-        if count % 500 == 0:
-            progress.advance(task, read)
-            read = 0
-        yield notification
-    progress.advance(task, read)
-
-
 def _report(console: Console, summary: ReplaySummary, skipped_in_archive: Counter[str],
             ingester: Ingester) -> None:
     rejected = sum(summary.rejected.values())
@@ -181,6 +166,11 @@ def _report(console: Console, summary: ReplaySummary, skipped_in_archive: Counte
         + f"{summary.unconverted:,} unconverted, {rejected:,} rejected"
         + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(summary.rejected.items()))})"
            if rejected else ""), markup=False)
+    for origin, reason, detail in summary.rejections:
+        console.print(f"{origin}: rejected ({reason}): {detail}", markup=False)
+    if rejected > len(summary.rejections):
+        console.print("... further rejected notifications are not shown; all are kept in the "
+                      "dead-letter table with their reason", markup=False)
     if skipped_in_archive:
         console.print(f"{sum(skipped_in_archive.values()):,} archived notification(s) were rejected "
                       f"when they arrived and are not replayed ("

@@ -27,18 +27,21 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from winchester.distill import NotificationRejected, decode_notification, read_envelope
-from winchester.services.ingest import Ingester
+from winchester.services.ingest import Ingester, PreparedBatch
 from winchester.services.intake import archive_row
 from winchester.services.worker import Worker
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 1000
+# Rejected notifications kept in the summary to show (every one is a dead letter).
+SHOWN_REJECTIONS = 20
 
 
 class Notification(NamedTuple):
@@ -53,11 +56,14 @@ class ReplaySummary:
     """What a replay did; the counts are for this run only."""
 
     read: int = 0
+    bytes_read: int = 0         # of the bodies read as text (progress bars)
     saved: int = 0
     duplicates: int = 0
     skipped: int = 0            # already stored, passed over by --resume
     unconverted: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    # The first few rejected notifications: (origin, reason, detail); all are dead letters.
+    rejections: list[tuple[str, str, str]] = field(default_factory=list)
     late: int = 0
     ahead: int = 0
     archived: int = 0
@@ -86,6 +92,16 @@ class ReplaySummary:
             "elapsed_seconds": round(self.elapsed, 3), "interrupted": self.interrupted,
             "committed_through": self.committed_through,
         }
+
+
+@dataclass
+class _Job:
+    """A batch distilled and matched, waiting to be written."""
+
+    bodies: list[Any]
+    origins: list[str]
+    prepared: PreparedBatch | None  # None: nothing left to write (all already stored)
+    last_origin: str
 
 
 class Replayer:
@@ -123,6 +139,8 @@ class Replayer:
         # Waits up to its argument; True when stop() ended the wait early.
         self._sleep = sleep or self._stopping.wait
         self._started = 0.0
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
         # Pacing: (real time, event time) of the first paced notification.
         self._origin: tuple[float, datetime] | None = None
 
@@ -146,6 +164,11 @@ class Replayer:
         new_streams_before = sum(self.ingester.stats.new_streams.values())
         if self.worker_process is not None:
             self.worker_process.start()
+        # Distilling one batch overlaps with writing the one before: the
+        # database work mostly releases the GIL. Not with a worker in this
+        # thread: it must see only committed event time.
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="replay-writer") \
+            if self.worker is None else None
         worker_finished = False
         try:
             batch: list[Notification] = []
@@ -155,6 +178,9 @@ class Replayer:
                     break
                 batch.append(notification)
                 summary.read += 1
+                body = notification.body
+                if body.__class__ is bytes or body.__class__ is str:
+                    summary.bytes_read += len(body)
                 if len(batch) >= self.batch_size:
                     self._flush(batch)
                     batch = []
@@ -162,11 +188,19 @@ class Replayer:
             # "committed through" then names the last notification read.
             if batch:
                 self._flush(batch)
+            self._wait_for_writer()
             if self.worker_process is not None:
                 # The input is all in: the child works off what is due, then reports.
                 worker_finished = True
                 self._count_worker(self.worker_process.finish(stop=summary.interrupted))
         finally:
+            if self._writer is not None:
+                try:
+                    self._wait_for_writer()
+                except Exception as exc:  # noqa: BLE001 - the first failure is the one raised
+                    logger.debug("a queued write failed too: %s", exc)
+                self._writer.shutdown(wait=True)
+                self._writer = None
             if self.worker_process is not None and not worker_finished:
                 try:
                     self.worker_process.finish(stop=True)
@@ -180,17 +214,36 @@ class Replayer:
     # -- batches -----------------------------------------------------------------------
 
     def _flush(self, batch: list[Notification]) -> None:
-        summary = self.summary
+        """Distil and match ``batch`` here, then write it: in the writer thread, after the
+        batch before it (one in flight), or here when a worker runs in this thread."""
+        job = self._prepare(batch)
+        if self._writer is None:
+            self._write(job)
+            return
+        self._wait_for_writer()
+        self._pending = self._writer.submit(self._write, job)
+
+    def _wait_for_writer(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()  # a failed write raises here, in the reading thread
+
+    def _prepare(self, batch: list[Notification]) -> _Job:
         bodies = [notification.body for notification in batch]
         origins = [notification.origin for notification in batch]
         if self.resume:
             bodies, origins = self._not_stored(bodies, origins)
-        if bodies:
-            now = self.ingester.clock.now()
+        prepared = self.ingester.prepare(bodies) if bodies else None
+        return _Job(bodies, origins, prepared, batch[-1].origin)
+
+    def _write(self, job: _Job) -> None:
+        summary = self.summary
+        prepared = job.prepared
+        if prepared is not None:
             if self.archive:
                 summary.archived += self.store.archive_notifications(
-                    [archive_row(_as_bytes(body), now) for body in bodies]).archived
-            prepared = self.ingester.prepare(bodies)
+                    [archive_row(_as_bytes(body), prepared.now) for body in job.bodies]).archived
+            origins = job.origins
             outcome = self.ingester.commit(prepared, dead_letter_source=lambda r: origins[r.position])
             summary.saved += outcome.stored.saved
             summary.duplicates += len(outcome.stored.duplicates)
@@ -199,14 +252,17 @@ class Replayer:
             summary.ahead += outcome.ahead
             for rejected in outcome.rejected:
                 summary.rejected[rejected.reason] += 1
+                if len(summary.rejections) < SHOWN_REJECTIONS:
+                    summary.rejections.append((origins[rejected.position], rejected.reason,
+                                               rejected.detail))
             if summary.first_event_time is None and prepared.items:
                 summary.first_event_time = min(item.event["timestamp"] for item in prepared.items)
-        summary.committed_through = batch[-1].origin
+            summary.event_time = prepared.now
+        summary.committed_through = job.last_origin
         if self.worker is not None:
             self._drain()
         elif self.worker_process is not None:
             self.worker_process.check()
-        summary.event_time = self.ingester.clock.now()
         summary.elapsed = self._monotonic() - self._started
         if self.on_batch is not None:
             self.on_batch(summary)
