@@ -200,7 +200,9 @@ class WorkQueue:
                 else:
                     # Thousands of rows: fetched by the driver in one call, and the
                     # text timestamps parsed here (SQLAlchemy's row processing cost
-                    # more than the query).
+                    # more than the query). The id list is padded with NULLs to a
+                    # power of two: few distinct statements for the driver's cache.
+                    chunk = [*chunk, *[None] * ((1 << (len(chunk) - 1).bit_length()) - len(chunk))]
                     rows = [(stream_id, message_id, type_id, datetime.fromisoformat(generated), traits)
                             for stream_id, message_id, type_id, generated, traits in
                             connection.exec_driver_sql(
