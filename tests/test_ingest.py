@@ -185,7 +185,7 @@ def run_cli(*args, env=None):
     return CliRunner().invoke(main, list(args), catch_exceptions=False, env=env)
 
 
-HEAD = "0003"
+HEAD = "0004"
 
 
 def test_db_commands_manage_the_schema(database_url):
@@ -197,7 +197,8 @@ def test_db_commands_manage_the_schema(database_url):
     assert result.exit_code == 0 and f"schema upgraded from nothing to {HEAD}" in result.output
     assert run_cli("db", "current", "-c", config, env=env).output.strip() == f"{HEAD} (head)"
     history = run_cli("db", "history", "-c", config, env=env).output
-    assert "base -> 0001" in history and "0001 -> 0002" in history and f"0002 -> {HEAD}" in history
+    assert all(step in history for step in ("base -> 0001", "0001 -> 0002", "0002 -> 0003",
+                                            f"0003 -> {HEAD}"))
     assert "downgraded to 0001" in run_cli("db", "downgrade", "0001", "-c", config, env=env).output
     assert "downgraded to nothing" in run_cli("db", "downgrade", "base", "-c", config, env=env).output
     assert f"stamped at {HEAD}" in run_cli("db", "stamp", "head", "-c", config, env=env).output

@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 
 from winchester import __version__
 from winchester.services.intake import DirectIntake
@@ -22,10 +23,16 @@ MAX_NOTIFICATIONS = 10_000
 
 
 def create_app(store: Store, intake: DirectIntake | None = None,
-               tokens: Sequence[str] = ()) -> FastAPI:
+               tokens: Sequence[str] = (), *, triggers: Any = None, protect_reads: bool = False,
+               clock: Any = None, checks: Mapping[str, Callable[[], str | None]] | None = None,
+               counters: Callable[[], Mapping[str, Mapping[str, int]]] | None = None) -> FastAPI:
     """The API over ``store``; ``intake`` enables ``POST /v1/notifications``.
 
-    With ``tokens``, writes need ``Authorization: Bearer <token>``.
+    With ``tokens``, writes need ``Authorization: Bearer <token>``, and with
+    ``protect_reads`` reads too. ``triggers`` (the definitions) enables the
+    query API and explain; ``clock`` is what "now" is for explain (expiry
+    times); ``checks`` are extra health checks (name -> None or the problem,
+    e.g. the bus); ``counters`` gives this process's per-trigger counters.
     """
     app = FastAPI(title="Winchester", version=__version__,
                   description="OpenStack notifications in, decisions out, through persistent streams.")
@@ -36,19 +43,52 @@ def create_app(store: Store, intake: DirectIntake | None = None,
         if not allowed:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.encode(), t) for t in allowed):
+        # Every token is compared (in constant time each), so timing says nothing about which.
+        matches = [hmac.compare_digest(token.encode(), t) for t in allowed]
+        if scheme.lower() != "bearer" or not any(matches):
             app.state.unauthorised += 1
             raise HTTPException(401, "a valid 'Authorization: Bearer <token>' header is required",
                                 headers={"WWW-Authenticate": "Bearer"})
 
+    def require_token_for_reads(request: Request) -> None:
+        if protect_reads:
+            require_token(request)
+
+    app.state.require_token = require_token
+    app.state.require_token_for_reads = require_token_for_reads
+    extra_checks = dict(checks or {})
+
     @app.get("/healthz", tags=["operations"])
     def health() -> JSONResponse:
-        """Whether the database answers."""
+        """Whether the database (and the bus, when there is one) answers."""
+        report: dict[str, Any] = {"status": "ok", "version": __version__}
         try:
             store.count_streams_by_state()
-        except StoreError as exc:
-            return JSONResponse({"status": "unavailable", "database": str(exc)}, status_code=503)
-        return JSONResponse({"status": "ok", "database": "ok", "version": __version__})
+            report["database"] = "ok"
+        except (StoreError, SQLAlchemyError) as exc:
+            report.update(status="unavailable", database=str(exc))
+        for name, check in extra_checks.items():
+            try:
+                problem = check()
+            except Exception as exc:  # noqa: BLE001 - a failing check is a finding, not a crash
+                problem = f"{type(exc).__name__}: {exc}"
+            report[name] = problem or "ok"
+            if problem:
+                report["status"] = "unavailable"
+        return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
+
+    if triggers is not None:
+        from winchester.api._v1 import build_router
+        from winchester.clock import WallClock
+
+        reading_clock = clock or WallClock()
+
+        def now():
+            reading_clock.refresh()
+            return reading_clock.now()
+
+        app.include_router(build_router(store, triggers, read_guard=require_token_for_reads,
+                                        write_guard=require_token, now=now, counters=counters))
 
     @app.post("/v1/notifications", tags=["intake"], dependencies=[Depends(require_token)])
     async def post_notifications(request: Request) -> dict[str, Any]:

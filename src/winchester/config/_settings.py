@@ -270,6 +270,9 @@ SECTIONS: dict[str, tuple[SubKey, ...]] = {
         SubKey("tokens", _token_list, [],
                "Bearer tokens: when set, writes (POST, PUT, DELETE) need `Authorization: Bearer "
                "<token>`. The `WINCHESTER_API_TOKENS` environment variable (comma-separated) overrides it."),
+        SubKey("protect_reads", _boolean, False,
+               "With `tokens`: reads (GET: the query API, explain, the dashboard, metrics) need "
+               "the token too. `/healthz` stays open."),
     ),
 }
 
@@ -325,7 +328,7 @@ KEYS: tuple[Key, ...] = (
     Key("archive_retention", _optional_time_expression, None,
         help="Time expression: archived notifications received before it are deleted "
              "(e.g. `$timestamp - 90d`). Off by default: the archive keeps everything."),
-    Key("api", _section, None, help="The HTTP API and intake: `host`, `port`, `tokens`."),
+    Key("api", _section, None, help="The HTTP API and intake: `host`, `port`, `tokens`, `protect_reads`."),
     Key("clock", _clock_kind, "wall",
         help="Where \"now\" comes from: `wall` (real UTC time) or `event` (the newest event "
              "timestamp ingested, shared by every process through the database; for replays "
@@ -367,6 +370,7 @@ class ApiSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     tokens: tuple[str, ...] = ()
+    protect_reads: bool = False
 
 
 @dataclass(frozen=True)

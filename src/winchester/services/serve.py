@@ -195,10 +195,12 @@ def build_server(settings: Any, triggers: Any, pipelines: Any, distiller: Any, o
         persistor = Persistor(settings.bus_url, settings.intake, settings.persistor, store(),
                               retention=settings.archive_retention)
         server.add(Part("persistor", persistor.run, persistor.stop, persistor.consumer.ready.is_set))
+    ingesters: list[Ingester] = []
     if "ingest" in wanted:
         ingest_store = store()
-        service = IngestService(settings.bus_url, settings.intake,
-                                Ingester(ingest_store, triggers, distiller, clock_for(ingest_store), grace))
+        ingester = Ingester(ingest_store, triggers, distiller, clock_for(ingest_store), grace)
+        ingesters.append(ingester)
+        service = IngestService(settings.bus_url, settings.intake, ingester)
         server.add(Part("ingest", service.run, service.stop, service.consumer.ready.is_set))
     if "api" in wanted:
         import uvicorn
@@ -208,9 +210,25 @@ def build_server(settings: Any, triggers: Any, pipelines: Any, distiller: Any, o
         api_store = store()
         # With the persistor running, it archives what the broker brings; the
         # HTTP intake archives what it takes itself, so the archive stays complete.
-        intake = DirectIntake(Ingester(api_store, triggers, distiller, clock_for(api_store), grace),
-                              api_store)
-        app = create_app(api_store, intake, tokens=settings.api.tokens)
+        http_ingester = Ingester(api_store, triggers, distiller, clock_for(api_store), grace)
+        ingesters.append(http_ingester)
+        intake = DirectIntake(http_ingester, api_store)
+        bus = server.bus
+
+        def bus_problem() -> str | None:
+            # A round trip to our own status address: the broker carried it both ways.
+            if not bus.running:
+                return "the bus is not running"
+            try:
+                bus.request(bus.address, None, timeout=2.0)
+            except Exception as exc:  # noqa: BLE001 - any failure is the finding
+                return f"no answer over the bus: {type(exc).__name__}: {exc}"
+            return None
+
+        app = create_app(api_store, intake, tokens=settings.api.tokens, triggers=triggers,
+                         protect_reads=settings.api.protect_reads, clock=clock_for(api_store),
+                         checks={"bus": bus_problem},
+                         counters=lambda: trigger_counters(ingesters))
         config = uvicorn.Config(app, host=host if host is not None else settings.api.host,
                                 port=port if port is not None else settings.api.port,
                                 log_level="warning", lifespan="off")
@@ -222,3 +240,16 @@ def build_server(settings: Any, triggers: Any, pipelines: Any, distiller: Any, o
         server.add(Part("api", http.run, stop_http, lambda: http.started))
         server.http = http  # type: ignore[attr-defined]
     return server
+
+
+def trigger_counters(ingesters: Iterable[Any]) -> dict[str, dict[str, int]]:
+    """Per trigger, what this process's ingesters counted since start (the original's debugger)."""
+    found: dict[str, dict[str, int]] = {}
+    for ingester in ingesters:
+        stats = ingester.stats
+        for name in set(stats.matched) | set(stats.new_streams) | set(stats.ready):
+            entry = found.setdefault(name, {"matched": 0, "new_streams": 0, "ready_to_fire": 0})
+            entry["matched"] += stats.matched[name]
+            entry["new_streams"] += stats.new_streams[name]
+            entry["ready_to_fire"] += stats.ready[name]
+    return found

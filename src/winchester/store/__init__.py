@@ -18,6 +18,13 @@ from winchester.store._migrate import (
 from winchester.store._schema import STREAM_STATES, metadata
 from winchester.store._archive import ARCHIVED, REJECTED, ArchivedNotification, ArchiveResult
 from winchester.store._work import FIRE, EXPIRE, RESET_STATES, ClaimedStream, StreamOutcome
+from winchester.store._query import (
+    EventQuery,
+    FoundEvent,
+    HistoryEntry,
+    StreamQuery,
+    TraitFilter,
+)
 from winchester.store._store import (
     IngestItem,
     IngestResult,
@@ -36,6 +43,11 @@ __all__ = [
     "RESET_STATES",
     "STREAM_STATES",
     "ClaimedStream",
+    "EventQuery",
+    "FoundEvent",
+    "HistoryEntry",
+    "StreamQuery",
+    "TraitFilter",
     "StreamOutcome",
     "IngestItem",
     "IngestResult",

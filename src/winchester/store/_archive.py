@@ -90,6 +90,16 @@ class ArchiveStore:
                 return
             last = rows[-1].id
 
+    def archive_page(self, since: datetime | None, until: datetime | None, event_type: str | None,
+                     after_id: int, limit: int) -> list[ArchivedNotification]:
+        """One page of :meth:`iter_archive` (the API's paging)."""
+        page = []
+        for row in self.iter_archive(since, until, event_type, batch=limit, after_id=after_id):
+            page.append(row)
+            if len(page) >= limit:
+                break
+        return page
+
     def trim_archive(self, received_before: datetime, limit: int = 10_000) -> int:
         """Delete up to ``limit`` archived notifications received before ``received_before``."""
         def trim(connection: Connection) -> int:

@@ -123,6 +123,21 @@ stream_events = sa.Table(
     sa.Index(None, "event_id"),
 )
 
+# What happened to each stream after ingest: claims, outcomes, resets (migration 0004).
+# Deleted with its stream.
+stream_history = sa.Table(
+    "stream_history", metadata,
+    sa.Column("id", BigId, primary_key=True),
+    sa.Column("stream_id", BigId, nullable=False),
+    sa.Column("at", Timestamp, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("previous_state", sa.String(16)),
+    sa.Column("actor", sa.String(KEY_LENGTH)),
+    sa.Column("detail", sa.Text),
+    sa.Index(None, "stream_id", "id"),
+    sqlite_autoincrement=True,
+)
+
 # Every raw notification the persistor received (the bus issue), for history and replay.
 archive = sa.Table(
     "archive", metadata,

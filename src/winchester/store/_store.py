@@ -26,6 +26,7 @@ from winchester.store._engine import create_engine, is_postgresql
 from winchester.store._schema import clocks as clocks_table
 from winchester.store._schema import dead_letters as dead_letters_table
 from winchester.store._archive import ArchiveStore
+from winchester.store._query import QueryStore
 from winchester.store._work import WorkQueue, event_from_columns
 from winchester.store._schema import (
     KEY_LENGTH,
@@ -109,6 +110,10 @@ class StreamRecord:
     is_open: bool
     created_at: datetime
     updated_at: datetime
+    claimed_by: str | None = None
+    claim_expires: datetime | None = None
+    attempts: int = 0
+    last_error: str | None = None
 
 
 class _PendingStream:
@@ -135,7 +140,7 @@ class _PendingStream:
         self.created_at = created_at
 
 
-class Store(WorkQueue, ArchiveStore):
+class Store(WorkQueue, ArchiveStore, QueryStore):
     """Events and streams in SQL (SQLite or PostgreSQL).
 
     ``indexed_traits`` names the traits copied into the typed, indexed
@@ -571,7 +576,9 @@ def _stream_from_row(row) -> StreamRecord:
         first_event=row.first_event, last_event=row.last_event,
         expire_timestamp=row.expire_timestamp, fire_timestamp=row.fire_timestamp,
         fire_counts=tuple(orjson.loads(row.fire_counts)), event_count=row.event_count,
-        is_open=row.open_key is not None, created_at=row.created_at, updated_at=row.updated_at)
+        is_open=row.open_key is not None, created_at=row.created_at, updated_at=row.updated_at,
+        claimed_by=row.claimed_by, claim_expires=row.claim_expires, attempts=row.attempts,
+        last_error=row.last_error)
 
 
 def _encode_datetime(value: Any) -> Any:

@@ -27,7 +27,15 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
 from winchester.events import Event, decode_value
-from winchester.store._schema import event_traits, event_types, events, stream_events, streams
+from winchester.store._schema import (
+    event_traits,
+    event_types,
+    events,
+    stream_events,
+    stream_history,
+    streams,
+)
+from winchester.store._schema import KEY_LENGTH
 from winchester.triggers import distinguishing_from_json
 
 FIRE, EXPIRE = "fire", "expire"
@@ -104,12 +112,16 @@ class WorkQueue:
                                       streams.c.claim_expires, limit)
             abandoned = [(i, s) for i, s, _, attempts in lapsed if attempts >= max_attempts]
             if abandoned:
-                connection.execute(
+                reason = (f"abandoned after {max_attempts} attempts: every worker that claimed it "
+                          "stopped before finishing (lease expired)")
+                gone = list(connection.execute(
                     streams.update().where(self._held(abandoned))
                     .values(state=error_state, state_serial=streams.c.state_serial + 1,
-                            claimed_by=None, claim_expires=None, updated_at=now,
-                            last_error=f"abandoned after {max_attempts} attempts: every worker "
-                                       "that claimed it stopped before finishing (lease expired)"))
+                            claimed_by=None, claim_expires=None, updated_at=now, last_error=reason)
+                    .returning(streams.c.id)).scalars())
+                _record_history(connection, [
+                    _history_row(stream_id, now, error_state, claimed_state, worker, reason)
+                    for stream_id in gone])
             candidates = [row for row in lapsed if row[3] < max_attempts]
             suspects = [row for row in candidates if row[3] >= 2]
             if suspects:
@@ -158,6 +170,12 @@ class WorkQueue:
                     expire_timestamp=row.expire_timestamp, fire_timestamp=row.fire_timestamp)
                     for row in rows)
             claimed.sort(key=lambda stream: stream.id)
+            _record_history(connection, [
+                _history_row(stream.id, now, claimed_state, stream.previous_state, worker,
+                             f"attempt {stream.attempts}" + (
+                                 ", taken over from a worker whose lease lapsed"
+                                 if stream.previous_state == claimed_state else ""))
+                for stream in claimed])
             return claimed
 
         return self._retrying(claim)
@@ -247,20 +265,29 @@ class WorkQueue:
                         claim_expires=None, last_error=None, updated_at=now)
                 finished = list(connection.execute(statement.returning(streams.c.id)).scalars())
                 if purge_completed and finished:
-                    connection.execute(stream_events.delete().where(
-                        stream_events.c.stream_id.in_(finished)))
+                    _delete_dependents(connection, finished)
+                elif finished:
+                    claimed_states = {o.stream.id: _ACTIONS[o.stream.action][1] for o in outcomes}
+                    _record_history(connection, [
+                        _history_row(stream_id, now, "completed", claimed_states[stream_id], worker,
+                                     None) for stream_id in finished])
                 done.update(finished)
             for outcome in outcomes:
                 if outcome.error is None:
                     continue
                 stream = outcome.stream
-                done.update(connection.execute(
+                _, claimed_state, error_state, _ = _ACTIONS[stream.action]
+                failed = list(connection.execute(
                     streams.update()
                     .where(streams.c.id == stream.id, streams.c.state_serial == stream.serial, held)
-                    .values(state=_ACTIONS[stream.action][2], state_serial=streams.c.state_serial + 1,
+                    .values(state=error_state, state_serial=streams.c.state_serial + 1,
                             claimed_by=None, claim_expires=None, last_error=outcome.error[:4000],
                             updated_at=now)
                     .returning(streams.c.id)).scalars())
+                _record_history(connection, [_history_row(stream.id, now, error_state, claimed_state,
+                                                          worker, outcome.error[:4000])
+                                             for _ in failed])
+                done.update(failed)
             return [o.stream.id for o in outcomes if o.stream.id not in done]
 
         return self._retrying(finish)
@@ -297,15 +324,20 @@ class WorkQueue:
         the retry state), so the next worker runs them at once.
         """
         def release(connection: Connection) -> None:
+            given_back = []
             for stream in claimed:
-                due_states, _, _, retry_state = _ACTIONS[stream.action]
+                due_states, claimed_state, _, retry_state = _ACTIONS[stream.action]
                 state = stream.previous_state if stream.previous_state in due_states else retry_state
-                connection.execute(
-                    streams.update()
-                    .where(streams.c.id == stream.id, streams.c.state_serial == stream.serial,
-                           streams.c.claimed_by == worker)
-                    .values(state=state, state_serial=streams.c.state_serial + 1, claimed_by=None,
-                            claim_expires=None, attempts=streams.c.attempts - 1, updated_at=now))
+                if connection.execute(
+                        streams.update()
+                        .where(streams.c.id == stream.id, streams.c.state_serial == stream.serial,
+                               streams.c.claimed_by == worker)
+                        .values(state=state, state_serial=streams.c.state_serial + 1,
+                                claimed_by=None, claim_expires=None,
+                                attempts=streams.c.attempts - 1, updated_at=now)).rowcount:
+                    given_back.append(_history_row(stream.id, now, state, claimed_state, worker,
+                                                   "given back unrun"))
+            _record_history(connection, given_back)
 
         if claimed:
             self._retrying(release)
@@ -319,16 +351,22 @@ class WorkQueue:
         def release(connection: Connection) -> int:
             released = 0
             for _, (_, claimed_state, _, retry_state) in _ACTIONS.items():
-                released += connection.execute(
+                ids = list(connection.execute(
                     streams.update()
                     .where(streams.c.claimed_by == worker, streams.c.state == claimed_state)
                     .values(state=retry_state, state_serial=streams.c.state_serial + 1,
-                            claimed_by=None, claim_expires=None, updated_at=now)).rowcount
+                            claimed_by=None, claim_expires=None, updated_at=now)
+                    .returning(streams.c.id)).scalars())
+                _record_history(connection, [
+                    _history_row(stream_id, now, retry_state, claimed_state, worker,
+                                 "handed back: the worker holding it was stopped") for stream_id in ids])
+                released += len(ids)
             return released
 
         return self._retrying(release)
 
-    def reset_streams(self, stream_ids: Iterable[int] | None, now: datetime) -> dict[int, str]:
+    def reset_streams(self, stream_ids: Iterable[int] | None, now: datetime,
+                      actor: str = "operator") -> dict[int, str]:
         """Move error streams to ``retry_fire``/``retry_expire``; None means every error stream.
 
         Returns the id -> new state of the streams moved (streams not in an
@@ -347,6 +385,10 @@ class WorkQueue:
                     for chunk in _chunks(sorted(set(stream_ids))):
                         moved.update((i, retry_state) for i in connection.execute(
                             statement.where(condition & streams.c.id.in_(chunk))).scalars())
+            errors = {retry: error for error, retry in RESET_STATES.items()}
+            _record_history(connection, [
+                _history_row(stream_id, now, state, errors[state], actor, "reset for a retry")
+                for stream_id, state in sorted(moved.items())])
             return moved
 
         return self._retrying(reset)
@@ -397,6 +439,24 @@ def event_from_columns(message_id: str, event_type: str, generated: datetime, tr
         if value.__class__ is dict:
             event[name] = decode_value(name, value)
     return event
+
+
+def _history_row(stream_id: int, at: datetime, state: str, previous: str | None, actor: str | None,
+                 detail: str | None) -> dict[str, Any]:
+    return {"stream_id": stream_id, "at": at, "state": state, "previous_state": previous,
+            "actor": actor[:KEY_LENGTH] if actor else actor, "detail": detail}
+
+
+def _record_history(connection: Connection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        connection.execute(stream_history.insert(), rows)
+
+
+def _delete_dependents(connection: Connection, stream_ids: Sequence[int]) -> None:
+    """Memberships and history of deleted streams (no foreign keys: the store keeps them tidy)."""
+    for chunk in _chunks(list(stream_ids)):
+        connection.execute(stream_events.delete().where(stream_events.c.stream_id.in_(chunk)))
+        connection.execute(stream_history.delete().where(stream_history.c.stream_id.in_(chunk)))
 
 
 def _pg_stream_events(stream_ids: Sequence[int]) -> Any:

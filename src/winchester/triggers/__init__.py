@@ -37,7 +37,13 @@ A stream is ready to fire when every fire criterion has at least its
 expires, at :meth:`TriggerDefinition.expire_time`.
 """
 
-from winchester.triggers._criteria import CRITERION_TYPES, OPERATORS, Criterion, TraitCriterion
+from winchester.triggers._criteria import (
+    CRITERION_TYPES,
+    OPERATORS,
+    Criterion,
+    Diagnosis,
+    TraitCriterion,
+)
 from winchester.triggers._definition import TriggerDefinition, TriggerMatch, TriggerSet
 from winchester.triggers._keys import (
     distinguishing_from_json,
@@ -50,6 +56,7 @@ __all__ = [
     "CRITERION_TYPES",
     "OPERATORS",
     "Criterion",
+    "Diagnosis",
     "TraitCriterion",
     "TriggerDefinition",
     "TriggerMatch",

@@ -251,6 +251,42 @@ def combine(timestamp: Expression | None, traits: tuple[TraitCriterion, ...]) ->
     return both
 
 
+@dataclass(frozen=True, slots=True)
+class Diagnosis:
+    """How one event fared against one criterion (explain).
+
+    ``failed`` names the first check that failed: ``event_type``,
+    ``missing_trait``, ``value`` (a comparison) or ``time_expression``;
+    ``passed`` of ``checks`` checks passed before it (how close it came).
+    """
+
+    matches: bool
+    passed: int
+    checks: int
+    failed: str | None
+    detail: str
+
+
+def _shown(value: Any) -> str:
+    return value.isoformat(sep=" ") if isinstance(value, datetime) else repr(value)
+
+
+def _why_expression_failed(trait: TraitCriterion, event: Mapping[str, Any]) -> str:
+    if not isinstance(trait.operand, Expression):
+        return ""
+    try:
+        return f" (the expression gives {trait.operand.evaluate(event)})"
+    except TimexEvaluationError as exc:
+        return f" (the expression cannot be evaluated: {exc})"
+
+
+def _why_timestamp_failed(expression: Expression, event: Mapping[str, Any]) -> str:
+    try:
+        return f" (it gives {expression.evaluate(event)})"
+    except TimexEvaluationError as exc:
+        return f" (the expression cannot be evaluated: {exc})"
+
+
 class Criterion:
     """One entry of ``match_criteria`` or ``fire_criteria``, compiled.
 
@@ -285,19 +321,47 @@ class Criterion:
             return False
         return self.rest_test is None or self.rest_test(event)
 
-    def explain(self, event: Mapping[str, Any]) -> str:
-        """Why ``event`` does or does not pass, for debug logging (slow)."""
+    def diagnose(self, event: Mapping[str, Any]) -> Diagnosis:
+        """Every check of this criterion against ``event``: which passed, the first that failed."""
+        checks = 1 + len(self.traits) + (self.timestamp is not None)
         event_type = event.get("event_type")
         if not isinstance(event_type, str) or not self.matches_type(event_type):
-            return f"event type {event_type!r} is not one of {list(self.event_types)}"
+            return Diagnosis(False, 0, checks, "event_type",
+                             f"event type {event_type!r} is not one of {list(self.event_types)}")
+        passed = 1
         for trait in self.traits:
             if not trait.matches(event):
                 value = event.get(trait.name)
-                found = "missing" if value is None else f"{value!r}"
-                return f"trait fails {trait.describe()}: {found}"
+                if value is None:
+                    return Diagnosis(False, passed, checks, "missing_trait",
+                                     f"trait {trait.name!r} is missing (needs {trait.describe()})")
+                kind = "time_expression" if trait.operator == "in" else "value"
+                return Diagnosis(False, passed, checks, kind,
+                                 f"trait {trait.name} = {_shown(value)} fails {trait.describe()}"
+                                 + _why_expression_failed(trait, event))
+            passed += 1
         if self.timestamp is not None and not timestamp_test(self.timestamp)(event):
-            return f"timestamp {event.get('timestamp')} is not in {self.timestamp.text!r}"
-        return "matches"
+            return Diagnosis(False, passed, checks, "time_expression",
+                             f"timestamp {event.get('timestamp')} is not in {self.timestamp.text!r}"
+                             + _why_timestamp_failed(self.timestamp, event))
+        return Diagnosis(True, checks, checks, None, "matches")
+
+    def explain(self, event: Mapping[str, Any]) -> str:
+        """Why ``event`` does or does not pass, for debug logging (slow)."""
+        return self.diagnose(event).detail
+
+    def describe(self) -> str:
+        """The criterion in words, for explain and the dashboard."""
+        included = [p for p in self.event_types if not p.startswith("!")]
+        excluded = [p[1:] for p in self.event_types if p.startswith("!")]
+        kinds = " or ".join(included) if included else "any"
+        if excluded:
+            kinds += " but not " + " or ".join(excluded)
+        parts = [f"event type {kinds}"]
+        parts += [trait.describe() for trait in self.traits]
+        if self.timestamp is not None:
+            parts.append(f"timestamp in {self.timestamp.text}")
+        return ", ".join(parts)
 
     def __repr__(self) -> str:
         parts = [f"event_types={list(self.event_types)!r}"]
