@@ -17,6 +17,8 @@ from winchester.store import Store, StoreError
 
 logger = logging.getLogger(__name__)
 
+# The cookie the dashboard's sign-in sets (see require_token).
+TOKEN_COOKIE = "winchester_token"
 # A request body larger than this is refused (413) before it is parsed.
 MAX_BODY_BYTES = 64 * 2**20
 MAX_NOTIFICATIONS = 10_000
@@ -43,6 +45,10 @@ def create_app(store: Store, intake: DirectIntake | None = None,
         if not allowed:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if not scheme:
+            # The dashboard's sign-in keeps the token in a SameSite=Strict,
+            # HttpOnly cookie: browsers cannot add headers to page loads.
+            scheme, token = "bearer", request.cookies.get(TOKEN_COOKIE, "")
         # Every token is compared (in constant time each), so timing says nothing about which.
         matches = [hmac.compare_digest(token.encode(), t) for t in allowed]
         if scheme.lower() != "bearer" or not any(matches):
@@ -89,6 +95,12 @@ def create_app(store: Store, intake: DirectIntake | None = None,
 
         app.include_router(build_router(store, triggers, read_guard=require_token_for_reads,
                                         write_guard=require_token, now=now, counters=counters))
+
+        from winchester.api._dashboard import build_dashboard
+
+        app.include_router(build_dashboard(
+            store, triggers, now=now, read_guard=require_token_for_reads, write_guard=require_token,
+            tokens=tuple(tokens), counters=counters))
 
     @app.post("/v1/notifications", tags=["intake"], dependencies=[Depends(require_token)])
     async def post_notifications(request: Request) -> dict[str, Any]:

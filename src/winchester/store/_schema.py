@@ -138,6 +138,18 @@ stream_history = sa.Table(
     sqlite_autoincrement=True,
 )
 
+# Counts per minute of real time (notifications stored, streams fired...), for the
+# dashboard's rates; each process writes its own rows, so writers never wait on
+# each other (migration 0004). Kept for ACTIVITY_RETENTION.
+activity = sa.Table(
+    "activity", metadata,
+    sa.Column("bucket", Timestamp, primary_key=True),
+    sa.Column("kind", sa.String(32), primary_key=True),
+    sa.Column("trigger_name", sa.String(KEY_LENGTH), primary_key=True),
+    sa.Column("source", sa.String(KEY_LENGTH), primary_key=True),
+    sa.Column("count", sa.BigInteger, nullable=False),
+)
+
 # Every raw notification the persistor received (the bus issue), for history and replay.
 archive = sa.Table(
     "archive", metadata,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
+import socket
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -18,11 +20,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
+from winchester.clock import WallClock
 from winchester.errors import TimexEvaluationError, WinchesterError
 from winchester.events import Event, encode_value
 from winchester.store import _migrate
 from winchester.store._bulk import TraitRow, writer_for
 from winchester.store._engine import create_engine, is_postgresql
+from winchester.store._schema import activity
 from winchester.store._schema import clocks as clocks_table
 from winchester.store._schema import dead_letters as dead_letters_table
 from winchester.store._archive import ArchiveStore
@@ -47,6 +51,8 @@ logger = logging.getLogger(__name__)
 # Bound parameters per statement stay well under SQLite's and PostgreSQL's limits.
 _CHUNK = 5000
 _RETRIES = 5
+# How long per-minute activity counts are kept.
+ACTIVITY_RETENTION = timedelta(days=2)
 
 
 class StoreError(WinchesterError):
@@ -157,6 +163,10 @@ class Store(WorkQueue, ArchiveStore, QueryStore):
         self._bulk = writer_for(self._dialect)
         self._indexed_names = tuple(sorted(
             self.indexed_traits - {"message_id", "event_type", "timestamp"}))
+        # Activity counts are bucketed in real time, whatever clock the caller uses.
+        self.wall_clock = WallClock()
+        self.activity_source = f"{socket.gethostname()}-{os.getpid()}"[:KEY_LENGTH]
+        self._next_activity_trim = datetime.min
 
     @classmethod
     def from_url(cls, url: str, indexed_traits: Iterable[str] = (), **engine_options) -> Store:
@@ -303,6 +313,10 @@ class Store(WorkQueue, ArchiveStore, QueryStore):
             result = self._ingest(connection, items, type_ids, grace) if items else IngestResult()
             if letters:
                 connection.execute(dead_letters_table.insert(), letters)
+            self._note_activity(connection, {
+                ("stored", ""): result.saved, ("duplicates", ""): len(result.duplicates),
+                ("rejected", ""): len(letters),
+                **{("streams_created", name): count for name, count in result.new_streams.items()}})
             if clock is not None:
                 # Last, so the clock's row lock (shared by every ingester) is
                 # held only for the commit.
@@ -423,6 +437,38 @@ class Store(WorkQueue, ArchiveStore, QueryStore):
         members = [(s.id, event_id) for s in pending for event_id in s.members]
         if members:
             self._bulk.insert_members(connection, members)
+
+    # -- activity --------------------------------------------------------------------------
+
+    def _note_activity(self, connection: Connection, counts: Mapping[tuple[str, str], int]) -> None:
+        """Add to this process's per-minute counts (in the caller's transaction)."""
+        counts = {key: count for key, count in counts.items() if count}
+        if not counts:
+            return
+        now = self.wall_clock.now()
+        bucket = now.replace(second=0, microsecond=0)
+        rows = [{"bucket": bucket, "kind": kind, "trigger_name": trigger[:KEY_LENGTH],
+                 "source": self.activity_source, "count": count}
+                for (kind, trigger), count in sorted(counts.items())]
+        insert = (postgresql.insert(activity) if self._postgresql else sqlite.insert(activity))
+        connection.execute(insert.on_conflict_do_update(
+            index_elements=["bucket", "kind", "trigger_name", "source"],
+            set_={"count": activity.c.count + insert.excluded.count}), rows)
+        if now >= self._next_activity_trim:
+            self._next_activity_trim = now + timedelta(minutes=10)
+            connection.execute(activity.delete().where(
+                activity.c.source == self.activity_source,
+                activity.c.bucket < bucket - ACTIVITY_RETENTION))
+
+    def activity_since(self, since: datetime) -> list[tuple[datetime, str, str, int]]:
+        """(minute, kind, trigger, count) from every process since ``since`` (real time)."""
+        with self._reading() as connection:
+            return [tuple(row) for row in connection.execute(
+                sa.select(activity.c.bucket, activity.c.kind, activity.c.trigger_name,
+                          sa.func.sum(activity.c.count))
+                .where(activity.c.bucket >= since)
+                .group_by(activity.c.bucket, activity.c.kind, activity.c.trigger_name)
+                .order_by(activity.c.bucket))]
 
     # -- the shared clock ----------------------------------------------------------------
 

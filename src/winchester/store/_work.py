@@ -16,6 +16,7 @@ exclusive anyway.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -288,6 +289,13 @@ class WorkQueue:
                                                           worker, outcome.error[:4000])
                                              for _ in failed])
                 done.update(failed)
+            counts: Counter[tuple[str, str]] = Counter()
+            for outcome in outcomes:
+                if outcome.stream.id in done:
+                    kind = ("fired" if outcome.stream.action == FIRE else "expired") \
+                        if outcome.error is None else "errors"
+                    counts[(kind, outcome.stream.trigger_name)] += 1
+            self._note_activity(connection, counts)
             return [o.stream.id for o in outcomes if o.stream.id not in done]
 
         return self._retrying(finish)

@@ -1,4 +1,5 @@
-"""Stream history: each claim, outcome, release and reset of a stream, for explain.
+"""Stream history (each claim, outcome, release and reset of a stream, for explain) and
+activity (counts per minute, for the dashboard's rates).
 
 Revision ID: 0004
 Revises: 0003
@@ -32,8 +33,18 @@ def upgrade() -> None:
         sqlite_autoincrement=True,
     )
     op.create_index("ix_stream_history_stream_id_id", "stream_history", ["stream_id", "id"])
+    op.create_table(
+        "activity",
+        sa.Column("bucket", Timestamp, nullable=False),
+        sa.Column("kind", sa.String(32), nullable=False),
+        sa.Column("trigger_name", sa.String(255), nullable=False),
+        sa.Column("source", sa.String(255), nullable=False),
+        sa.Column("count", sa.BigInteger, nullable=False),
+        sa.PrimaryKeyConstraint("bucket", "kind", "trigger_name", "source", name="pk_activity"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("activity")
     op.drop_index("ix_stream_history_stream_id_id", table_name="stream_history")
     op.drop_table("stream_history")
