@@ -16,12 +16,17 @@ from winchester import __version__
 
 # name -> (module, attribute, one-line help shown by ``winchester --help``)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
+    "api": ("winchester.cli._serve", "api",
+            "Serve the HTTP API and dashboard alone (serve --with api)."),
     "archive": ("winchester.cli._archive", "archive",
                 "Count, list and export archived notifications."),
     "check": ("winchester.cli._check", "check", "Validate winchester.yaml and every file it names."),
     "distill": ("winchester.cli._distill", "distill",
                 "Convert captured notifications to events (try your definitions)."),
     "db": ("winchester.cli._db", "db", "Create and migrate the database schema."),
+    "events": ("winchester.cli._events", "events", "Find stored events by type, time and traits."),
+    "explain": ("winchester.cli._explain", "explain",
+                "Why a stream is where it is, or what an event matched."),
     "ingest": ("winchester.cli._intake", "ingest",
                "Consume notifications from the bus into streams."),
     "ingest-file": ("winchester.cli._ingest_file", "ingest_file",
@@ -34,7 +39,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
               "Run API, intake, persistor and worker together."),
     "simulate": ("winchester.cli._simulate", "simulate_command",
                  "Try triggers and pipelines on captured notifications (dry run)."),
-    "streams": ("winchester.cli._streams", "streams", "List streams; retry failed ones."),
+    "streams": ("winchester.cli._streams", "streams",
+                "Find streams and their events; retry or delete them."),
     "version": ("winchester.cli._version", "version", "Print the Winchester version."),
     "worker": ("winchester.cli._worker", "worker",
                "Fire and expire due streams, running their pipelines."),

@@ -46,6 +46,26 @@ def serve(config_file: str, parts: tuple[str, ...] | None, clock_kind: str, host
     SIGTERM or SIGINT stops intake first, lets in-flight batches commit, then
     stops the worker after the stream it is running.
     """
+    _serve(config_file, parts, clock_kind, host, port, load_file)
+
+
+@click.command("api")
+@config_option
+@click.option("--clock", "clock_kind", type=click.Choice(["wall", "event"]),
+              help="What 'now' is for explain (expiry times) [default: the clock setting].")
+@click.option("--host", help="Listen address [default: api.host].")
+@click.option("--port", type=click.IntRange(0, 65535), help="Listen port [default: api.port].")
+def api(config_file: str, clock_kind: str, host: str | None, port: int | None) -> None:
+    """Serve the HTTP API, dashboard, /metrics and the HTTP intake, alone (no worker).
+
+    The same as `winchester serve --with api`: run workers (and bus
+    consumers) as their own processes beside it.
+    """
+    _serve(config_file, ("api",), clock_kind, host, port, None)
+
+
+def _serve(config_file: str, parts: tuple[str, ...] | None, clock_kind: str, host: str | None,
+           port: int | None, load_file: Path | None) -> None:
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     loaded = open_parts(config_file, console, distiller=True, pipelines=True)
     settings = loaded.settings
