@@ -24,7 +24,7 @@ from tests.test_worker_cli import (  # noqa: F401 - isolated is an autouse fixtu
 from winchester.api import create_app
 from winchester.config import load_settings, load_trigger_definitions, open_store
 
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-0123456789"
 
 
 @dataclass

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 
 from winchester import __version__
@@ -27,7 +27,8 @@ MAX_NOTIFICATIONS = 10_000
 def create_app(store: Store, intake: DirectIntake | None = None,
                tokens: Sequence[str] = (), *, triggers: Any = None, protect_reads: bool = False,
                clock: Any = None, checks: Mapping[str, Callable[[], str | None]] | None = None,
-               counters: Callable[[], Mapping[str, Mapping[str, int]]] | None = None) -> FastAPI:
+               counters: Callable[[], Mapping[str, Mapping[str, int]]] | None = None,
+               metrics: Any = None) -> FastAPI:
     """The API over ``store``; ``intake`` enables ``POST /v1/notifications``.
 
     With ``tokens``, writes need ``Authorization: Bearer <token>``, and with
@@ -35,6 +36,8 @@ def create_app(store: Store, intake: DirectIntake | None = None,
     query API and explain; ``clock`` is what "now" is for explain (expiry
     times); ``checks`` are extra health checks (name -> None or the problem,
     e.g. the bus); ``counters`` gives this process's per-trigger counters.
+    ``metrics`` (a :class:`winchester.metrics.Metrics`) is what ``/metrics``
+    serves; without it, the database's figures alone.
     """
     app = FastAPI(title="Winchester", version=__version__,
                   description="OpenStack notifications in, decisions out, through persistent streams.")
@@ -63,6 +66,20 @@ def create_app(store: Store, intake: DirectIntake | None = None,
     app.state.require_token = require_token
     app.state.require_token_for_reads = require_token_for_reads
     extra_checks = dict(checks or {})
+    if metrics is None:
+        from winchester.metrics import Metrics
+
+        metrics = Metrics()
+        metrics.watch_store(store)
+    metrics.watch_unauthorised(lambda: app.state.unauthorised)
+    app.state.metrics = metrics
+
+    @app.get("/metrics", tags=["operations"], dependencies=[Depends(require_token_for_reads)],
+             response_class=Response)
+    async def prometheus_metrics() -> Response:
+        """Prometheus metrics of this process (and the database's streams by trigger and state)."""
+        body, content_type = await run_in_threadpool(metrics.exposition)
+        return Response(body, media_type=content_type)
 
     @app.get("/healthz", tags=["operations"])
     def health() -> JSONResponse:

@@ -137,6 +137,9 @@ class Bus:
         self.address = f"{self.name}.{uuid.uuid4().hex}"
         #: Dead letters kept by the default ``dead_letters`` sink.
         self.dead_lettered: list[DeadLetter] = []
+        #: Messages this bus published, and subscription messages it handed to callbacks (metrics).
+        self.messages_out = 0
+        self.messages_in = 0
         self._dead_letters = dead_letters or self._keep_dead_letter
         # Durable, so named queues bound to them survive a broker restart.
         self._topics = Exchange(self.name, type="topic", durable=True, auto_delete=False)
@@ -268,6 +271,7 @@ class Bus:
         body = encode(data, f"data published on {topic!r}")
         self._check_running()
         self._publisher.publish(body, exchange=self._topics, routing_key=topic)
+        self.messages_out += 1
 
     def subscribe(self, pattern: str, callback: Callback, *, subscription_id: str | None = None,
                   queue: str | None = None) -> str:
@@ -341,6 +345,7 @@ class Bus:
         headers = message.headers or {}
         topic = headers.get(TOPIC_HEADER) or message.delivery_info.get("routing_key", "")
         attempts = _count(headers.get(REDELIVERIES_HEADER)) + 1
+        self.messages_in += 1
         try:
             data = message.decode()
         except Exception as exc:  # noqa: BLE001 - kombu raises several types for bad content

@@ -8,7 +8,7 @@ from datetime import timedelta
 import click
 from rich.console import Console
 
-from winchester.cli._options import config_option, stopped_by_signals
+from winchester.cli._options import config_option, metrics_port_option, start_metrics, stopped_by_signals
 from winchester.cli._setup import open_parts
 from winchester.clock import clock_from_settings
 from winchester.services._consumer import IntakeError
@@ -26,7 +26,8 @@ def _default_name(kind: str) -> str:
               help="'event': now follows the notifications' own timestamps, shared with every "
                    "process through the database [default: the clock setting].")
 @click.option("--name", help="This process's name in logs [default: ingest-HOST-PID].")
-def ingest(config_file: str, clock_kind: str, name: str | None) -> None:
+@metrics_port_option
+def ingest(config_file: str, clock_kind: str, name: str | None, metrics_port: int | None) -> None:
     """Consume OpenStack notifications from the bus (bus.url) into events and streams.
 
     Reads the exchanges, topic and priorities of the intake section, from the
@@ -41,6 +42,14 @@ def ingest(config_file: str, clock_kind: str, name: str | None) -> None:
                         timedelta(seconds=parts.settings.late_event_grace))
     service = IngestService(parts.settings.bus_url, parts.settings.intake, ingester,
                             name=name or _default_name("ingest"))
+
+    def watch(metrics) -> None:
+        metrics.watch_ingester(ingester, "ingest")
+        metrics.watch_consumer(service.consumer, "ingest")
+        metrics.watch_clock(ingester.clock, "ingest")
+        metrics.watch_store(parts.store)
+
+    start_metrics(metrics_port, parts.settings.api.host, watch)
     _run(service, console, parts.store)
     stats = ingester.stats
     console.print(f"ingest stopped: {stats.received:,} received, {stats.saved:,} saved, "
@@ -51,7 +60,8 @@ def ingest(config_file: str, clock_kind: str, name: str | None) -> None:
 @click.command("persistor")
 @config_option
 @click.option("--name", help="This process's name in logs [default: persistor-HOST-PID].")
-def persistor(config_file: str, name: str | None) -> None:
+@metrics_port_option
+def persistor(config_file: str, name: str | None, metrics_port: int | None) -> None:
     """Archive every raw notification from the bus, as received (the complete history).
 
     Uses its own queue (persistor.queue) bound to every intake exchange and
@@ -63,6 +73,7 @@ def persistor(config_file: str, name: str | None) -> None:
     service = Persistor(parts.settings.bus_url, parts.settings.intake, parts.settings.persistor,
                         parts.store, retention=parts.settings.archive_retention,
                         name=name or _default_name("persistor"))
+    start_metrics(metrics_port, parts.settings.api.host, lambda metrics: metrics.watch_persistor(service))
     _run(service, console, parts.store)
     console.print(f"persistor stopped: {service.archived:,} archived, {service.duplicates:,} "
                   f"duplicates skipped, {service.trimmed:,} trimmed", markup=False)

@@ -21,6 +21,26 @@ config_option = click.option(
 )
 
 
+metrics_port_option = click.option(
+    "--metrics-port", type=click.IntRange(1, 65535), metavar="PORT",
+    help="Serve Prometheus metrics at http://<api.host>:PORT/metrics (no token: keep the port "
+         "to your monitoring network).")
+
+
+def start_metrics(port: int | None, host: str, watch: Callable[[object], None]) -> None:
+    """With a port: a Metrics for this process, ``watch(metrics)`` adding its sources, served."""
+    if port is None:
+        return
+    from winchester.metrics import Metrics
+
+    metrics = Metrics()
+    watch(metrics)
+    try:
+        metrics.serve(port, host)
+    except OSError as exc:
+        raise click.UsageError(f"--metrics-port {port}: cannot listen on {host}:{port}: {exc}") from None
+
+
 def utc_timestamp(_ctx, _param, value: str | None) -> datetime | None:
     """Click callback: an ISO 8601 timestamp (offsets converted) as naive UTC."""
     if value is None:

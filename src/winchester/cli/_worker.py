@@ -9,7 +9,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from winchester.cli._options import config_option, stopped_by_signals, utc_timestamp
+from winchester.cli._options import (
+    config_option,
+    metrics_port_option,
+    start_metrics,
+    stopped_by_signals,
+    utc_timestamp,
+)
 from winchester.cli._setup import open_parts
 from winchester.clock import FixedClock, clock_from_settings
 from winchester.errors import WinchesterError
@@ -27,8 +33,9 @@ from winchester.services.worker import Worker, build_worker
               help="Streams claimed at a time [default: pipeline_worker_batch_size].")
 @click.option("--delay", type=click.FloatRange(0),
               help="Seconds to sleep when idle [default: pipeline_worker_delay].")
+@metrics_port_option
 def worker(config_file: str, name: str, once: bool, now: datetime | None, batch_size: int | None,
-           delay: float | None) -> None:
+           delay: float | None, metrics_port: int | None) -> None:
     """Fire and expire due streams, running their pipelines (the original pipeline_worker).
 
     Run as many as you like, on any hosts, against the same database: each
@@ -43,6 +50,13 @@ def worker(config_file: str, name: str, once: bool, now: datetime | None, batch_
                           clock=FixedClock(now) if now is not None else clock_from_settings(
                               parts.settings, parts.store),
                           batch_size=batch_size, delay=delay)
+
+    def watch(metrics) -> None:
+        metrics.watch_worker(runner)
+        metrics.watch_clock(runner.clock, "worker")
+        metrics.watch_store(parts.store)
+
+    start_metrics(metrics_port, parts.settings.api.host, watch)
     try:
         with stopped_by_signals(runner.stop):
             if once:

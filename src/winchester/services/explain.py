@@ -86,7 +86,7 @@ def explain_event(store: Store, triggers: TriggerSet, message_id: str) -> dict[s
             entry["distinguishing_traits"] = {k: _plain(v) for k, v in match.distinguishing.items()}
             entry["fire_criteria"] = [
                 {"index": index, "description": criterion.describe(), "needed": criterion.number,
-                 "counts": bool(counted)}
+                 "counts": bool(counted), **_diagnosis_dict(criterion.diagnose(event))}
                 for index, (criterion, counted) in enumerate(
                     zip(trigger.fire_criteria, match.fire_increments, strict=True))]
             stream = streams.get(trigger.name)

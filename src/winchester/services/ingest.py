@@ -7,6 +7,7 @@ triggers (pure), and hands the store one batch to write in one transaction.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -68,6 +69,11 @@ class IngestStats:
     matched: Counter[str] = field(default_factory=Counter)
     new_streams: Counter[str] = field(default_factory=Counter)
     ready: Counter[str] = field(default_factory=Counter)
+    # By event type: converted events seen, stored, and found already stored.
+    events_by_type: Counter[str] = field(default_factory=Counter)
+    stored_by_type: Counter[str] = field(default_factory=Counter)
+    duplicates_by_type: Counter[str] = field(default_factory=Counter)
+    batches: int = 0
 
     def add(self, outcome: BatchOutcome) -> None:
         self.received += outcome.received
@@ -110,6 +116,8 @@ class Ingester:
         self.clock = clock or WallClock()
         self.grace = grace
         self.stats = IngestStats()
+        # Called with each committed batch's seconds in the store (metrics).
+        self.observe_batch: Callable[[float], None] | None = None
 
     def add_event(self, event: Mapping[str, Any]) -> BatchOutcome:
         return self.add_events([event])
@@ -176,15 +184,32 @@ class Ingester:
         shared = (SHARED_EVENT_CLOCK, clock.value()) if (
             isinstance(clock, EventClock) and clock.shared and clock.is_set) else None
         if batch.items or letters:
+            started = time.perf_counter()
             outcome.stored = self.store.ingest(batch.items, letters, batch.now, clock=shared,
                                                grace=self.grace)
+            if self.observe_batch is not None:
+                self.observe_batch(time.perf_counter() - started)
             if shared is not None:
                 clock.synced(outcome.stored.clock)
             if outcome.stored.duplicates:
                 logger.info("%d duplicate event(s) ignored (message_id already stored), e.g. %s",
                             len(outcome.stored.duplicates), outcome.stored.duplicates[0])
+        self._count_types(batch.items, outcome.stored.duplicates)
         self.stats.add(outcome)
         return outcome
+
+    def _count_types(self, items: list[IngestItem], duplicates: Sequence[str]) -> None:
+        stats = self.stats
+        stats.batches += 1
+        seen = Counter(item.event["event_type"] for item in items)
+        stats.events_by_type.update(seen)
+        if duplicates:
+            again = set(duplicates)
+            repeated = Counter(item.event["event_type"] for item in items
+                               if item.event["message_id"] in again)
+            stats.duplicates_by_type.update(repeated)
+            seen.subtract(repeated)
+        stats.stored_by_type.update(seen)
 
     def _store(self, events: list[Event], outcome: BatchOutcome) -> None:
         self.commit(PreparedBatch(self._match(events, outcome), outcome, self.clock.now()))

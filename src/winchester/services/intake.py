@@ -69,6 +69,9 @@ class Persistor:
         self.archived = 0
         self.duplicates = 0
         self.trimmed = 0
+        # The newest notification time in the last batch, and when it was archived: the lag.
+        self.last_generated: datetime | None = None
+        self.last_archived_at: datetime | None = None
         self._next_trim = 0.0
         self.consumer = NotificationConsumer(url, subscription(intake, settings.queue), self.store_batch,
                                              batch_size=settings.batch_size,
@@ -76,7 +79,11 @@ class Persistor:
 
     def store_batch(self, deliveries: Sequence[Delivery]) -> None:
         now = self.clock.now()
-        result = self.store.archive_notifications([archive_row(d.body, now) for d in deliveries])
+        rows = [archive_row(d.body, now) for d in deliveries]
+        result = self.store.archive_notifications(rows)
+        newest = max((row["generated"] for row in rows if row.get("generated")), default=None)
+        if newest is not None:
+            self.last_generated, self.last_archived_at = newest, now
         self.archived += result.archived
         self.duplicates += result.duplicates
         if self.retention is not None and time.monotonic() >= self._next_trim:

@@ -58,6 +58,7 @@ class Server:
     clock_for: Callable[[Store], Clock] = field(default=lambda store: WallClock())
     bus: Any = None
     drivers: list[Any] = field(default_factory=list)
+    metrics: Any = None
     _stopping: threading.Event = field(default_factory=threading.Event)
 
     def add(self, part: Part) -> None:
@@ -165,6 +166,10 @@ def build_server(settings: Any, triggers: Any, pipelines: Any, distiller: Any, o
     grace = timedelta(seconds=settings.late_event_grace)
     server = Server(clock_for=clock_for)
     server.bus = Bus(settings.bus_url, name=BUS_NAME)
+    from winchester.metrics import Metrics
+
+    server.metrics = metrics = Metrics()
+    metrics.watch_bus(server.bus)
     wanted = list(parts)
     unknown = [name for name in wanted if name not in PARTS]
     if unknown:
@@ -185,15 +190,20 @@ def build_server(settings: Any, triggers: Any, pipelines: Any, distiller: Any, o
         def poll(self) -> dict[str, Any]:
             return {state: {"streams": count} for state, count in self.store.count_streams_by_state().items()}
 
-    server.drivers.append(StreamStates(server.bus, store(), settings.statistics_period))
+    states_store = store()
+    server.drivers.append(StreamStates(server.bus, states_store, settings.statistics_period))
+    metrics.watch_store(states_store)
     if "worker" in wanted:
         worker_store = store()
         worker = build_worker(settings, worker_store, triggers, pipelines, name=worker_name,
                               clock=clock_for(worker_store))
+        metrics.watch_worker(worker)
+        metrics.watch_clock(worker.clock, "worker")
         server.add(Part("worker", worker.run, worker.stop))
     if "persistor" in wanted:
         persistor = Persistor(settings.bus_url, settings.intake, settings.persistor, store(),
                               retention=settings.archive_retention)
+        metrics.watch_persistor(persistor)
         server.add(Part("persistor", persistor.run, persistor.stop, persistor.consumer.ready.is_set))
     ingesters: list[Ingester] = []
     if "ingest" in wanted:
@@ -201,6 +211,8 @@ def build_server(settings: Any, triggers: Any, pipelines: Any, distiller: Any, o
         ingester = Ingester(ingest_store, triggers, distiller, clock_for(ingest_store), grace)
         ingesters.append(ingester)
         service = IngestService(settings.bus_url, settings.intake, ingester)
+        metrics.watch_ingester(ingester, "ingest")
+        metrics.watch_consumer(service.consumer, "ingest")
         server.add(Part("ingest", service.run, service.stop, service.consumer.ready.is_set))
     if "api" in wanted:
         import uvicorn
@@ -212,6 +224,7 @@ def build_server(settings: Any, triggers: Any, pipelines: Any, distiller: Any, o
         # HTTP intake archives what it takes itself, so the archive stays complete.
         http_ingester = Ingester(api_store, triggers, distiller, clock_for(api_store), grace)
         ingesters.append(http_ingester)
+        metrics.watch_ingester(http_ingester, "http")
         intake = DirectIntake(http_ingester, api_store)
         bus = server.bus
 
@@ -228,7 +241,7 @@ def build_server(settings: Any, triggers: Any, pipelines: Any, distiller: Any, o
         app = create_app(api_store, intake, tokens=settings.api.tokens, triggers=triggers,
                          protect_reads=settings.api.protect_reads, clock=clock_for(api_store),
                          checks={"bus": bus_problem},
-                         counters=lambda: trigger_counters(ingesters))
+                         counters=lambda: trigger_counters(ingesters), metrics=metrics)
         config = uvicorn.Config(app, host=host if host is not None else settings.api.host,
                                 port=port if port is not None else settings.api.port,
                                 log_level="warning", lifespan="off")

@@ -111,6 +111,8 @@ class Worker:
         self.record_every = record_every
         self.on_run = on_run
         self.stats = WorkerStats()
+        # Called with (trigger, "fire" or "expire", seconds) after each pipeline run (metrics).
+        self.observe_pipeline: Callable[[str, str, float], None] | None = None
         self._unrecorded: list[StreamOutcome] = []
         self._stopping = threading.Event()
         self._sleep = sleep or self._stopping.wait
@@ -342,7 +344,10 @@ class Worker:
             "pipeline": pipeline_name,
             "distinguishing_traits": dict(stream.distinguishing_traits),
         }
+        started = time.perf_counter()
         result = pipeline.run(events, env, commit=not self.dry_run)
+        if self.observe_pipeline is not None:
+            self.observe_pipeline(stream.trigger_name, stream.action, time.perf_counter() - started)
         self.stats.commit_errors += len(result.commit_errors)
         if not result.ok:
             return self._failed(stream, result.error or "pipeline failed", result)
