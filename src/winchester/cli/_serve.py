@@ -95,7 +95,7 @@ def _serve(config_file: str, parts: tuple[str, ...] | None, clock_kind: str, hos
             url = _url(server)
             console.print(f"winchester serving {', '.join(chosen)} (bus {settings.bus_url}, "
                           f"database {_safe(settings.database_url)})"
-                          + (f"; API at {url}/docs" if url else ""), markup=False)
+                          + (f"; dashboard at {url}/, API at {url}/docs" if url else ""), markup=False)
             if load_file is not None:
                 threading.Thread(target=_load, args=(server, url, load_file, settings, loaded.triggers,
                                                      console), daemon=True).start()
