@@ -25,7 +25,7 @@ from json.encoder import encode_basestring_ascii as _quote
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects import postgresql
 
 from winchester.events import Event
 from winchester.store._schema import (
@@ -146,21 +146,10 @@ class QueryStore:
         return self._json_trait_condition(trait.name, value)
 
     def _json_trait_condition(self, name: str, value: Any) -> Any:
-        if isinstance(value, datetime):
-            stored: Any = {"__type__": "datetime", "datetime": value.isoformat(timespec="microseconds")}
-        else:
-            stored = value
+        # The type must match as in the typed table: 5, 5.0 and "5" are three values.
         if self._postgresql:
-            return sa.cast(events.c.traits, JSONB).contains(
-                sa.cast(sa.literal(orjson.dumps({name: stored}).decode()), JSONB))
-        path = "$." + _quote(name)
-        if isinstance(value, datetime):
-            return sa.and_(sa.func.json_extract(events.c.traits, path + ".__type__") == "datetime",
-                           sa.func.json_extract(events.c.traits, path + ".datetime") == stored["datetime"])
-        kind = {str: "text", int: "integer", float: "real"}[type(value)]
-        # json_type keeps 5 and "5" (and 5 and 5.5) apart, as the typed table does.
-        return sa.and_(sa.func.json_type(events.c.traits, path) == kind,
-                       sa.func.json_extract(events.c.traits, path) == value)
+            return _postgresql_json_trait(name, value)
+        return _sqlite_json_trait(name, value)
 
     def streams_holding(self, event_id: int) -> list[int]:
         """Ids of the streams an event belongs to."""
@@ -270,12 +259,60 @@ class QueryStore:
                 return "missing"
             if state in ("firing", "expiring"):
                 return "running"
-            connection.execute(streams.delete().where(streams.c.id == stream_id,
-                                                      streams.c.state.not_in(("firing", "expiring"))))
+            deleted = connection.execute(streams.delete().where(
+                streams.c.id == stream_id, streams.c.state.not_in(("firing", "expiring")))).rowcount
+            if not deleted:
+                # A worker claimed it (or another request deleted it) since the state was read:
+                # its memberships must stay with it.
+                return "running" if connection.execute(
+                    sa.select(streams.c.id).where(streams.c.id == stream_id)).first() else "missing"
             _delete_dependents(connection, [stream_id])
             return None
 
         return self._retrying(delete)
+
+
+def _stored_datetime(value: datetime) -> str:
+    # As events keep it in their JSON document (winchester.events.encode_value).
+    return value.isoformat(timespec="microseconds")
+
+
+def _postgresql_json_trait(name: str, value: Any) -> Any:
+    # The json type (not jsonb) keeps each number as written: orjson writes an
+    # int as digits and a float always with "." or "e", so 5 and 5.0 differ
+    # here as they do in the typed table (jsonb would compare them equal).
+    document = sa.cast(events.c.traits, postgresql.JSON)
+    text = sa.func.json_extract_path_text(document, name)
+    if isinstance(value, datetime):
+        return sa.and_(sa.func.json_extract_path_text(document, name, "__type__") == "datetime",
+                       sa.func.json_extract_path_text(document, name, "datetime")
+                       == _stored_datetime(value))
+    kind = sa.func.json_typeof(sa.func.json_extract_path(document, name))
+    if isinstance(value, str):
+        return sa.and_(kind == "string", text == value)
+    if isinstance(value, int):
+        return sa.and_(kind == "number", text == str(value))
+    spellings = {orjson.dumps(value + 0.0).decode()}
+    if value == 0:
+        spellings.update(("0.0", "-0.0"))
+    return sa.and_(kind == "number", text.in_(sorted(spellings)))
+
+
+def _sqlite_json_trait(name: str, value: Any) -> Any:
+    # json_each rather than a JSON path: a path cannot spell every trait name
+    # (a quote, a non-ASCII letter), a key column compares any name exactly.
+    trait = sa.func.json_each(events.c.traits).table_valued(
+        "key", "value", "type", "atom").alias("json_trait")
+    if isinstance(value, datetime):
+        conditions = [trait.c.type == "object",
+                      sa.func.json_extract(trait.c.value, "$.__type__") == "datetime",
+                      sa.func.json_extract(trait.c.value, "$.datetime") == _stored_datetime(value)]
+    else:
+        # The JSON type keeps 5 and "5" (and 5 and 5.0) apart, as the typed table does.
+        kind = {str: "text", int: "integer", float: "real"}[type(value)]
+        conditions = [trait.c.type == kind, trait.c.atom == value]
+    return sa.exists(sa.select(sa.literal(1)).select_from(trait)
+                     .where(trait.c.key == name, *conditions))
 
 
 def _paged(statement: Any, id_column: Any, mark: int | None, ascending: bool,
