@@ -5,6 +5,8 @@ Every problem is a :class:`BadParameter` naming the parameter (answered
 
 * Datetimes: ISO 8601 (``2015-02-01T00:00:00``, a space instead of ``T``,
   ``Z`` or an offset, a date alone); naive means UTC.
+* Any filter given blank (``from_datetime=``, ``state=``) is no filter, as
+  if it were absent.
 * ``traits`` / ``distinguishing_traits``: ``name:value`` pairs separated by
   ``;`` (``,`` is accepted when there is no ``;``, as klugman sends them).
   A value is text unless it starts with a type: ``int:``, ``float:``,
@@ -46,6 +48,18 @@ def parse_datetime(parameter: str, text: str | None) -> datetime | None:
     except (ValueError, OverflowError):
         raise BadParameter(parameter, f"{text!r} is not an ISO 8601 datetime "
                                       "(e.g. 2015-02-01T00:00:00 or 2015-02-01 00:00:00Z)") from None
+
+
+def given(text: str | None) -> str | None:
+    """A name filter (event_name, trigger_name): None when absent or blank."""
+    return text if text is not None and text.strip() else None
+
+
+def parse_bound(parameter: str, text: str | None) -> datetime | None:
+    """A time bound of a query: blank, like absent, is no bound (as for the other filters)."""
+    if text is None or not text.strip():
+        return None
+    return parse_datetime(parameter, text)
 
 
 def parse_traits(parameter: str, text: str | None) -> tuple[TraitFilter, ...]:

@@ -14,14 +14,16 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi.responses import JSONResponse
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.exc import SQLAlchemyError
 
 from winchester.api._params import (
     BadParameter,
+    given,
     mark_of,
-    parse_datetime,
+    parse_bound,
     parse_flag,
     parse_limit,
     parse_mark,
@@ -43,6 +45,9 @@ E_TRAITS = Query(description=("name:value;name:value (values typed as int:, floa
                               "datetime:, string:; text by default)."))
 E_MARK = Query(description="The _mark of the last event seen; + before it pages oldest first.")
 E_LIMIT = Query(description="Events per page (default 200, at most 10000).")
+A_FROM_DATETIME = Query(description="Notifications stamped at or after this (ISO 8601, UTC).")
+A_TO_DATETIME = Query(description="Notifications stamped before this.")
+A_EVENT_NAME = Query(description="Only notifications of this event type.")
 S_OLDER_THAN = Query(description="Streams whose first event is before this.")
 S_YOUNGER_THAN = Query(description="Streams whose last event is after this.")
 S_STATE = Query(description=f"One of {', '.join(STREAM_STATES)}.")
@@ -56,7 +61,57 @@ S_MARK = Query(description="The _mark of the last stream seen; + pages oldest fi
 S_LIMIT = Query(description="Streams per page (default 200, at most 10000).")
 
 
-class JSON(Response):
+# The answers other than 200 (and FastAPI's 422 for a path that is not an id), as documented.
+_MEANINGS = {
+    400: "A parameter is bad; the detail names it.",
+    401: "A token is needed (writes, when tokens are configured; reads too with protect_reads).",
+    404: "No such stream or event.",
+    409: "The stream is not in a state that allows this.",
+    503: "The database cannot be reached.",
+}
+_ERROR_BODY = {"application/json": {"schema": {
+    "type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}}}
+# What a 200 holds (tests/test_openapi_fuzz.py checks real answers against these).
+_DATETIME = {"type": "object", "required": ["__type__", "datetime"],
+             "properties": {"__type__": {"const": "datetime"}, "datetime": {"type": "string"}}}
+_EVENT = {"type": "object", "required": ["message_id", "event_type", "timestamp"],
+          "properties": {"message_id": {"type": "string"}, "event_type": {"type": "string"},
+                         "timestamp": _DATETIME, "_mark": {"type": "string"}}}
+_STREAM = {"type": "object", "required": [
+    "id", "name", "state", "first_event", "last_event", "expire_timestamp",
+    "distinguishing_traits", "event_count", "fire_counts", "accepting_events"],
+    "properties": {
+        "id": {"type": "integer"}, "name": {"type": "string"},
+        "state": {"enum": list(STREAM_STATES)}, "first_event": _DATETIME,
+        "last_event": _DATETIME, "expire_timestamp": _DATETIME,
+        "fire_timestamp": {"anyOf": [_DATETIME, {"type": "null"}]},
+        "distinguishing_traits": {"type": "object"}, "event_count": {"type": "integer"},
+        "fire_counts": {"type": "array", "items": {"type": "integer"}},
+        "accepting_events": {"type": "boolean"}, "error": {"type": ["string", "null"]},
+        "_mark": {"type": "string"}, "events": {"type": "array", "items": _EVENT}}}
+_ONE_STREAM = {"type": "array", "minItems": 1, "maxItems": 1, "items": _STREAM}
+_COUNT = {"type": "array", "minItems": 1, "maxItems": 1, "items": {
+    "type": "object", "required": ["count"],
+    "properties": {"count": {"type": "integer", "minimum": 0}}}}
+_OBJECT = {"type": "object"}
+
+
+def _list_of(item: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "array", "items": item}
+
+
+def _responses(*codes: int, ok: dict[str, Any] | None = None) -> dict[int | str, dict[str, Any]]:
+    answers: dict[int | str, dict[str, Any]] = {
+        code: {"description": _MEANINGS[code], "content": _ERROR_BODY}
+        for code in sorted({401, 503, *codes})}
+    if ok is not None:
+        answers[200] = {"content": {"application/json": {"schema": ok}}}
+    return answers
+
+
+class JSON(JSONResponse):
+    """orjson-rendered JSON (a JSONResponse, so the OpenAPI document says JSON)."""
+
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
@@ -129,16 +184,18 @@ def build_router(store: Store, triggers: Any, *, read_guard: Callable[..., None]
     def event_query(from_datetime: str | None, to_datetime: str | None, event_name: str | None,
                     traits: str | None, mark: str | None, limit: str | None) -> EventQuery:
         position = parse_mark(mark)
+        event_name = given(event_name)
         if event_name is not None and (len(event_name) > 255 or "\x00" in event_name):
             raise BadParameter("event_name", "is not an event type")
-        return EventQuery(since=parse_datetime("from_datetime", from_datetime),
-                          until=parse_datetime("to_datetime", to_datetime),
-                          event_type=event_name or None, traits=parse_traits("traits", traits),
+        return EventQuery(since=parse_bound("from_datetime", from_datetime),
+                          until=parse_bound("to_datetime", to_datetime),
+                          event_type=event_name, traits=parse_traits("traits", traits),
                           mark=position.id, ascending=position.ascending,
                           limit=parse_limit(limit))
 
 
-    @router.get("/v1/events", tags=["events"], dependencies=reads, response_class=JSON)
+    @router.get("/v1/events", tags=["events"], dependencies=reads, response_class=JSON,
+                responses=_responses(400, ok=_list_of(_EVENT)))
     async def list_events(from_datetime: Annotated[str | None, E_FROM_DATETIME] = None,
                           to_datetime: Annotated[str | None, E_TO_DATETIME] = None,
                           event_name: Annotated[str | None, E_EVENT_NAME] = None,
@@ -152,7 +209,8 @@ def build_router(store: Store, triggers: Any, *, read_guard: Callable[..., None]
                     for found in store.query_events(query)]
         return JSON(await call(run))
 
-    @router.get("/v1/events/count", tags=["events"], dependencies=reads, response_class=JSON)
+    @router.get("/v1/events/count", tags=["events"], dependencies=reads, response_class=JSON,
+                responses=_responses(400, ok=_COUNT))
     async def count_events(from_datetime: Annotated[str | None, E_FROM_DATETIME] = None,
                            to_datetime: Annotated[str | None, E_TO_DATETIME] = None,
                            event_name: Annotated[str | None, E_EVENT_NAME] = None,
@@ -164,18 +222,21 @@ def build_router(store: Store, triggers: Any, *, read_guard: Callable[..., None]
             return [{"count": store.count_events_matching(query)}]
         return JSON(await call(run))
 
-    @router.get("/v1/events/{message_id}", tags=["events"], dependencies=reads, response_class=JSON)
+    @router.get("/v1/events/{message_id}", tags=["events"], dependencies=reads, response_class=JSON,
+                responses=_responses(404, ok=_EVENT))
     async def get_event(message_id: Annotated[str, MESSAGE_ID]) -> JSON:
         """One event, by message_id."""
-        found = await call(store.event_by_message_id, message_id)
+        found = None if "\x00" in message_id else await call(store.event_by_message_id, message_id)
         if found is None:
             raise HTTPException(404, f"no event with message_id {message_id!r}")
         return JSON(event_body(found.event))
 
     @router.get("/v1/events/{message_id}/explain", tags=["explain"], dependencies=reads,
-                response_class=JSON)
+                response_class=JSON, responses=_responses(404, ok=_OBJECT))
     async def explain_an_event(message_id: Annotated[str, MESSAGE_ID]) -> JSON:
         """Which triggers the event matched (and which stream it joined), and why not the others."""
+        if "\x00" in message_id:
+            raise HTTPException(404, f"no event with message_id {message_id!r} is stored")
         try:
             return JSON(await call(explain_event, store, triggers, message_id))
         except NotFound as exc:
@@ -186,20 +247,23 @@ def build_router(store: Store, triggers: Any, *, read_guard: Callable[..., None]
     def stream_query(older_than: str | None, younger_than: str | None, state: str | None,
                      trigger_name: str | None, distinguishing_traits: str | None, mark: str | None,
                      limit: str | None) -> StreamQuery:
-        if state is not None and state.strip().lower() not in STREAM_STATES:
+        state = state.strip().lower() if state else None
+        if state and state not in STREAM_STATES:
             raise BadParameter("state", f"{state!r} is not one of {', '.join(STREAM_STATES)}")
+        trigger_name = given(trigger_name)
         if trigger_name is not None and (len(trigger_name) > 255 or "\x00" in trigger_name):
             raise BadParameter("trigger_name", "is not a trigger name")
         position = parse_mark(mark)
         return StreamQuery(
-            older_than=parse_datetime("older_than", older_than),
-            younger_than=parse_datetime("younger_than", younger_than),
-            state=state.strip().lower() if state else None, trigger_name=trigger_name or None,
+            older_than=parse_bound("older_than", older_than),
+            younger_than=parse_bound("younger_than", younger_than),
+            state=state or None, trigger_name=trigger_name,
             distinguishing=parse_traits("distinguishing_traits", distinguishing_traits),
             mark=position.id, ascending=position.ascending, limit=parse_limit(limit))
 
 
-    @router.get("/v1/streams", tags=["streams"], dependencies=reads, response_class=JSON)
+    @router.get("/v1/streams", tags=["streams"], dependencies=reads, response_class=JSON,
+                responses=_responses(400, ok=_list_of(_STREAM)))
     async def list_streams(older_than: Annotated[str | None, S_OLDER_THAN] = None,
                            younger_than: Annotated[str | None, S_YOUNGER_THAN] = None,
                            state: Annotated[str | None, S_STATE] = None,
@@ -212,7 +276,7 @@ def build_router(store: Store, triggers: Any, *, read_guard: Callable[..., None]
                            limit: Annotated[str | None, S_LIMIT] = None) -> JSON:
         """Streams, newest first (Quincy v1), with `_mark` for paging."""
         def run() -> list[dict[str, Any]]:
-            query = stream_query(older_than, younger_than, state, trigger_name or name,
+            query = stream_query(older_than, younger_than, state, given(trigger_name) or name,
                                  distinguishing_traits, mark, limit)
             with_events = parse_flag("details", details)
             found = store.query_streams(query)
@@ -222,7 +286,8 @@ def build_router(store: Store, triggers: Any, *, read_guard: Callable[..., None]
                     for s in found]
         return JSON(await call(run))
 
-    @router.get("/v1/streams/count", tags=["streams"], dependencies=reads, response_class=JSON)
+    @router.get("/v1/streams/count", tags=["streams"], dependencies=reads, response_class=JSON,
+                responses=_responses(400, ok=_COUNT))
     async def count_streams(older_than: Annotated[str | None, S_OLDER_THAN] = None,
                             younger_than: Annotated[str | None, S_YOUNGER_THAN] = None,
                             state: Annotated[str | None, S_STATE] = None,
@@ -233,13 +298,14 @@ def build_router(store: Store, triggers: Any, *, read_guard: Callable[..., None]
                             mark: Annotated[str | None, S_MARK] = None) -> JSON:
         """How many streams match: `[{"count": N}]`."""
         def run() -> list[dict[str, int]]:
-            query = stream_query(older_than, younger_than, state, trigger_name or name,
+            query = stream_query(older_than, younger_than, state, given(trigger_name) or name,
                                  distinguishing_traits, mark, None)
             return [{"count": store.count_streams_matching(query)}]
         return JSON(await call(run))
 
     @router.get("/v1/streams/{stream_id}", tags=["streams"], dependencies=reads,
-                response_class=JSON)
+                response_class=JSON,
+                responses=_responses(400, 404, ok=_ONE_STREAM))
     async def get_stream(stream_id: Annotated[int, STREAM_ID],
                          details: Annotated[str | None, S_DETAILS] = None) -> JSON:
         """One stream, as a one-element list (as Quincy answered); with details, its events."""
@@ -255,7 +321,7 @@ def build_router(store: Store, triggers: Any, *, read_guard: Callable[..., None]
         return JSON(found)
 
     @router.delete("/v1/streams/{stream_id}", tags=["streams"], dependencies=writes,
-                   response_class=JSON)
+                   response_class=JSON, responses=_responses(404, 409, ok=_OBJECT))
     async def delete_stream(stream_id: Annotated[int, STREAM_ID]) -> JSON:
         """Delete a stream (its events stay). Refused (409) while a worker runs its pipeline."""
         problem = await call(store.delete_stream, stream_id)
@@ -267,7 +333,7 @@ def build_router(store: Store, triggers: Any, *, read_guard: Callable[..., None]
         return JSON({"id": stream_id, "deleted": True})
 
     @router.put("/v1/streams/{stream_id}", tags=["streams"], dependencies=writes,
-                response_class=JSON)
+                response_class=JSON, responses=_responses(404, 409, ok=_OBJECT))
     async def reset_stream(stream_id: Annotated[int, STREAM_ID]) -> JSON:
         """Reset a failed stream for a retry: error -> retry_fire, expire_error -> retry_expire."""
         def run() -> tuple[Any, dict[int, str]]:
@@ -284,7 +350,7 @@ def build_router(store: Store, triggers: Any, *, read_guard: Callable[..., None]
         return JSON({"id": stream_id, "state": moved[stream_id]})
 
     @router.get("/v1/streams/{stream_id}/explain", tags=["explain"], dependencies=reads,
-                response_class=JSON)
+                response_class=JSON, responses=_responses(404, ok=_OBJECT))
     async def explain_a_stream(stream_id: Annotated[int, STREAM_ID]) -> JSON:
         """Why the stream is where it is: history, expiry, each fire criterion's progress and the
         closest events that did not count, with the condition each failed."""
@@ -295,7 +361,8 @@ def build_router(store: Store, triggers: Any, *, read_guard: Callable[..., None]
 
     # -- triggers and the archive -------------------------------------------------------------
 
-    @router.get("/v1/triggers", tags=["triggers"], dependencies=reads, response_class=JSON)
+    @router.get("/v1/triggers", tags=["triggers"], dependencies=reads, response_class=JSON,
+                responses=_responses(ok=_list_of(_OBJECT)))
     async def list_triggers() -> JSON:
         """Every trigger's definition, with its streams by state and this server's counters."""
         by_state = await call(store.count_streams_by_trigger_and_state)
@@ -305,20 +372,26 @@ def build_router(store: Store, triggers: Any, *, read_guard: Callable[..., None]
                       "counters": dict(live.get(trigger.name, {}))}
                      for trigger in triggers])
 
-    @router.get("/v1/archive", tags=["archive"], dependencies=reads, response_class=JSON)
-    async def list_archive(from_datetime: Annotated[str | None, E_FROM_DATETIME] = None,
-                           to_datetime: Annotated[str | None, E_TO_DATETIME] = None,
-                           event_name: Annotated[str | None, E_EVENT_NAME] = None,
+    @router.get("/v1/archive", tags=["archive"], dependencies=reads, response_class=JSON,
+                responses=_responses(400, ok=_list_of(_OBJECT)))
+    async def list_archive(from_datetime: Annotated[str | None, A_FROM_DATETIME] = None,
+                           to_datetime: Annotated[str | None, A_TO_DATETIME] = None,
+                           event_name: Annotated[str | None, A_EVENT_NAME] = None,
                            mark: Annotated[str | None, Query(
                                description="The _mark of the last notification seen (arrival order).")] = None,
                            limit: Annotated[str | None, E_LIMIT] = None) -> JSON:
-        """The persistor's raw notifications in arrival order, oldest first, paged by `_mark`."""
+        """The persistor's raw notifications in arrival order, oldest first, paged by `_mark`.
+
+        Its time bounds are those of `winchester archive` and replay: from_datetime included,
+        to_datetime excluded (the events' are the other way round, as in Quincy).
+        """
         def run() -> list[dict[str, Any]]:
             position = parse_mark(mark.lstrip("+") if mark else None)
-            if event_name is not None and len(event_name) > 255:
+            name = given(event_name)
+            if name is not None and (len(name) > 255 or "\x00" in name):
                 raise BadParameter("event_name", "is not an event type")
-            rows = store.archive_page(parse_datetime("from_datetime", from_datetime),
-                                      parse_datetime("to_datetime", to_datetime), event_name,
+            rows = store.archive_page(parse_bound("from_datetime", from_datetime),
+                                      parse_bound("to_datetime", to_datetime), name,
                                       position.id or 0, parse_limit(limit))
             return [_archive_body(row) for row in rows]
         return JSON(await call(run))
