@@ -181,7 +181,7 @@ def main() -> None:
             ("streams by distinguishing trait", False,
              lambda r: f"/v1/streams?distinguishing_traits=instance_id:{pick(values['instance'])}"),
             ("streams page 2 (mark)", False, None),
-            ("events by unindexed trait", False,
+            ("events by unindexed trait (JSON scan)", False,
              lambda r: f"/v1/events?traits=tenant_id:{pick(values['tenant'])}&limit=200"),
             ("count events by trait", False,
              lambda r: f"/v1/events/count?traits=instance_id:{pick(values['instance'])}"),
@@ -193,18 +193,20 @@ def main() -> None:
             mark = first_page[-1]["_mark"] if first_page else ""
             print(f"\n{args.db}: {events:,} events, streams "
                   + ", ".join(f"{state} {n:,}" for state, n in sorted(counts.items()))
-                  + f"; {args.repeat} calls each, over HTTP\n")
-            print(f"{'query':34} {'median ms':>10} {'p90 ms':>8} {'max ms':>8} {'rows/call':>10}")
+                  + f"; {args.repeat} calls each (the scan fewer), over HTTP\n")
+            print(f"{'query':40} {'median ms':>10} {'p90 ms':>8} {'max ms':>8} {'rows/call':>10}")
             verdicts = []
             for name, targeted, path_for in queries:
                 if path_for is None:
                     path_for = (lambda r, m=mark:
                                 f"/v1/streams?trigger_name=usage_audit&state=active&limit=200&mark={m}")
-                timings, rows = measure(client, path_for, args.repeat, rng)
+                # A scan of every event's JSON takes seconds: a few calls tell enough.
+                repeat = max(3, args.repeat // 10) if "scan" in name else args.repeat
+                timings, rows = measure(client, path_for, repeat, rng)
                 timings.sort()
                 median = statistics.median(timings)
                 p90 = timings[int(0.9 * (len(timings) - 1))]
-                print(f"{name:34} {median:10.1f} {p90:8.1f} {timings[-1]:8.1f} {rows / args.repeat:10.1f}")
+                print(f"{name:40} {median:10.1f} {p90:8.1f} {timings[-1]:8.1f} {rows / repeat:10.1f}")
                 if targeted:
                     verdicts.append((name, median))
         print()

@@ -215,7 +215,7 @@ def test_explain_an_active_stream_shows_what_it_waits_for(loaded):
 
 
 def test_explain_an_event_names_the_triggers_it_matched(loaded):
-    event = loaded.events[0]
+    [event] = [e for e in loaded.events if e["event_type"] == "compute.instance.delete.end"]
     report = loaded.json("explain", "--event", event["message_id"])
     [verdict] = report["triggers"]
     assert verdict["trigger"] == "instance_life" and verdict["matched"] is True

@@ -55,14 +55,8 @@ from starlette.exceptions import HTTPException
 
 from winchester import __version__
 from winchester.api._app import TOKEN_COOKIE
-from winchester.api._params import (
-    BadParameter,
-    mark_of,
-    parse_datetime,
-    parse_limit,
-    parse_mark,
-    parse_traits,
-)
+from winchester.api._params import BadParameter, mark_of
+from winchester.api._queries import event_query_from, stream_query_from
 from winchester.api._v1 import event_body, stream_body
 from winchester.clock import utc_now
 from winchester.events import IDENTIFIER_MAX_LENGTH
@@ -513,43 +507,14 @@ def _stream_id(text: str) -> int:
     return int(text)
 
 
-def _blank(value: str) -> str | None:
-    return value if value.strip() else None
-
-
 def _stream_query(form: Mapping[str, str]) -> StreamQuery:
     """The filters of GET /v1/streams, checked as the API checks them."""
-    state = _blank(form["state"])
-    trigger_name = _blank(form["trigger_name"])
-    if state is not None and state.strip().lower() not in STREAM_STATES:
-        raise BadParameter("state", f"{state!r} is not one of {', '.join(STREAM_STATES)}")
-    if trigger_name is not None and (len(trigger_name) > IDENTIFIER_MAX_LENGTH
-                                     or "\x00" in trigger_name):
-        raise BadParameter("trigger_name", "is not a trigger name")
-    position = parse_mark(form["mark"])
-    return StreamQuery(
-        older_than=parse_datetime("older_than", _blank(form["older_than"])),
-        younger_than=parse_datetime("younger_than", _blank(form["younger_than"])),
-        state=state.strip().lower() if state else None, trigger_name=trigger_name,
-        distinguishing=parse_traits("distinguishing_traits", form["distinguishing_traits"]),
-        mark=position.id, ascending=position.ascending, limit=_limit(form["limit"]))
+    return stream_query_from(form, default_limit=PAGE_LIMIT)
 
 
 def _event_query(form: Mapping[str, str]) -> EventQuery:
     """The filters of GET /v1/events, checked as the API checks them."""
-    event_name = _blank(form["event_name"])
-    if event_name is not None and (len(event_name) > IDENTIFIER_MAX_LENGTH or "\x00" in event_name):
-        raise BadParameter("event_name", "is not an event type")
-    position = parse_mark(form["mark"])
-    return EventQuery(since=parse_datetime("from_datetime", _blank(form["from_datetime"])),
-                      until=parse_datetime("to_datetime", _blank(form["to_datetime"])),
-                      event_type=event_name.strip() if event_name else None,
-                      traits=parse_traits("traits", form["traits"]),
-                      mark=position.id, ascending=position.ascending, limit=_limit(form["limit"]))
-
-
-def _limit(text: str) -> int:
-    return parse_limit(text) if text.strip() else PAGE_LIMIT
+    return event_query_from(form, default_limit=PAGE_LIMIT)
 
 
 # -- what the pages show -------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.exc import SQLAlchemyError
 
+from winchester.api._queries import event_query_from, stream_query_from
 from winchester.api._params import (
     BadParameter,
     given,
@@ -27,7 +28,6 @@ from winchester.api._params import (
     parse_flag,
     parse_limit,
     parse_mark,
-    parse_traits,
 )
 from winchester.events import Event, encode_value
 from winchester.services.explain import NotFound, explain_event, explain_stream, trigger_definition
@@ -183,16 +183,9 @@ def build_router(store: Store, triggers: Any, *, read_guard: Callable[..., None]
 
     def event_query(from_datetime: str | None, to_datetime: str | None, event_name: str | None,
                     traits: str | None, mark: str | None, limit: str | None) -> EventQuery:
-        position = parse_mark(mark)
-        event_name = given(event_name)
-        if event_name is not None and (len(event_name) > 255 or "\x00" in event_name):
-            raise BadParameter("event_name", "is not an event type")
-        return EventQuery(since=parse_bound("from_datetime", from_datetime),
-                          until=parse_bound("to_datetime", to_datetime),
-                          event_type=event_name, traits=parse_traits("traits", traits),
-                          mark=position.id, ascending=position.ascending,
-                          limit=parse_limit(limit))
-
+        return event_query_from({"from_datetime": from_datetime, "to_datetime": to_datetime,
+                                 "event_name": event_name, "traits": traits, "mark": mark,
+                                 "limit": limit})
 
     @router.get("/v1/events", tags=["events"], dependencies=reads, response_class=JSON,
                 responses=_responses(400, ok=_list_of(_EVENT)))
@@ -247,20 +240,10 @@ def build_router(store: Store, triggers: Any, *, read_guard: Callable[..., None]
     def stream_query(older_than: str | None, younger_than: str | None, state: str | None,
                      trigger_name: str | None, distinguishing_traits: str | None, mark: str | None,
                      limit: str | None) -> StreamQuery:
-        state = state.strip().lower() if state else None
-        if state and state not in STREAM_STATES:
-            raise BadParameter("state", f"{state!r} is not one of {', '.join(STREAM_STATES)}")
-        trigger_name = given(trigger_name)
-        if trigger_name is not None and (len(trigger_name) > 255 or "\x00" in trigger_name):
-            raise BadParameter("trigger_name", "is not a trigger name")
-        position = parse_mark(mark)
-        return StreamQuery(
-            older_than=parse_bound("older_than", older_than),
-            younger_than=parse_bound("younger_than", younger_than),
-            state=state or None, trigger_name=trigger_name,
-            distinguishing=parse_traits("distinguishing_traits", distinguishing_traits),
-            mark=position.id, ascending=position.ascending, limit=parse_limit(limit))
-
+        return stream_query_from({"older_than": older_than, "younger_than": younger_than,
+                                  "state": state, "trigger_name": trigger_name,
+                                  "distinguishing_traits": distinguishing_traits, "mark": mark,
+                                  "limit": limit})
 
     @router.get("/v1/streams", tags=["streams"], dependencies=reads, response_class=JSON,
                 responses=_responses(400, ok=_list_of(_STREAM)))
