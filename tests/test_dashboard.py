@@ -761,7 +761,7 @@ def test_every_page_on_each_store(migrated_url):
 
 # -- in a real browser -----------------------------------------------------------------------
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(os.environ.get("WINCHESTER_CHROMIUM", "/usr/bin/chromium"))
 
 
 def chromium_problem() -> str | None:
