@@ -487,7 +487,7 @@ def test_ingest_and_persistor_scripts_store_and_archive_what_is_published(tmp_pa
         assert store.count_dead_letters() == 0
     finally:
         store.close()
-    assert "ingest stopped: 50 received, 50 saved, 0 duplicates, 0 rejected" in ingest.log
+    assert "ingest stopped: 50 received, 50 saved, 0 duplicates, 0 unconverted, 0 rejected" in ingest.log
     assert "persistor stopped: 50 archived, 0 duplicates skipped, 0 trimmed" in persistor.log
     assert "Traceback" not in ingest.log + persistor.log
 

@@ -53,7 +53,8 @@ def ingest(config_file: str, clock_kind: str, name: str | None, metrics_port: in
     _run(service, console, parts.store)
     stats = ingester.stats
     console.print(f"ingest stopped: {stats.received:,} received, {stats.saved:,} saved, "
-                  f"{stats.duplicates:,} duplicates, {sum(stats.rejected.values()):,} rejected",
+                  f"{stats.duplicates:,} duplicates, {stats.unconverted:,} unconverted, "
+                  f"{sum(stats.rejected.values()):,} rejected",
                   markup=False)
 
 
