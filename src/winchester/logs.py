@@ -67,6 +67,45 @@ def _apply_logging_file(path: Path) -> None:
                                   message=f"invalid logging configuration: {exc}")) from exc
 
 
+def check_logging_file(path: Path) -> None:
+    """Read a ``logging_config`` file without applying it (``winchester check``).
+
+    Catches what would stop a service at start that can be seen without
+    configuring logging: syntax errors (and, in YAML, tags other than plain
+    data), a document that is not a mapping with ``version: 1``, or an INI
+    file without the sections ``fileConfig`` needs. Raises ConfigError.
+    """
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml", ".json"):
+        text = read_text(path, "logging_config")
+        if suffix == ".json":
+            try:
+                data = orjson.loads(text)
+            except orjson.JSONDecodeError as exc:
+                raise ConfigError(Problem(file=str(path), where="logging_config",
+                                          message=f"invalid JSON: {exc}")) from None
+        else:
+            data, _ = parse_yaml(text, str(path))
+        if not isinstance(data, dict) or data.get("version") != 1:
+            raise ConfigError(Problem(file=str(path), where="logging_config", message=(
+                "invalid logging configuration: must be a mapping with version: 1 "
+                "(logging.config.dictConfig's schema)")))
+        return
+    import configparser
+
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(read_text(path, "logging_config"), str(path))
+    except configparser.Error as exc:
+        raise ConfigError(Problem(file=str(path), where="logging_config",
+                                  message=f"invalid logging configuration: {exc}")) from None
+    missing = [name for name in ("loggers", "handlers", "formatters") if not parser.has_section(name)]
+    if missing:
+        raise ConfigError(Problem(file=str(path), where="logging_config", message=(
+            f"invalid logging configuration: no [{'], ['.join(missing)}] section(s) "
+            "(logging.config.fileConfig's format)")))
+
+
 def _plain(data):
     """dictConfig rejects dict subclasses in some places; hand it plain containers."""
     if isinstance(data, dict):

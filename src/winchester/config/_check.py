@@ -91,6 +91,10 @@ def check_configuration(config_file: str | Path) -> CheckReport:
         report.files.append(file_report)
         try:
             file_report.path = settings.find_file(settings.logging_config, "logging_config")
+            # What a service would refuse at start (see configure_logging), without applying it.
+            from winchester.logs import check_logging_file
+
+            check_logging_file(file_report.path)
         except ConfigError as exc:
             file_report.problems.extend(exc.problems)
     return report
