@@ -1032,7 +1032,12 @@ def test_triggers_list_definitions_streams_by_state_and_counters(fresh):
              "number": 1},
             {"description": "event type compute.instance.start", "number": 1}],
         "streams": {"active": 1, "completed": 2, "error": 1},
+        "last_hour": instance["last_hour"],
         "counters": {"matched": 8, "new_streams": 4, "ready_to_fire": 2}}
+    # What every process recorded in the store's activity table (real time, the last hour).
+    assert instance["last_hour"]["streams_created"] == 4 and instance["last_hour"]["errors"] == 1
+    assert instance["last_hour"]["fired"] + instance["last_hour"]["expired"] == 2
+    assert daily["last_hour"] == {"streams_created": 1, "fired": 0, "expired": 0, "errors": 1}
     assert daily["distinguished_by"] == ["tenant_id", {"timestamp": "day"}]
     assert daily["fire_criteria"] == [{"description": "event type audit.exists", "number": 2}]
     assert daily["streams"] == {"expire_error": 1}

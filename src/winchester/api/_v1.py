@@ -10,7 +10,7 @@ and ``[{"count": N}]`` for counts. Unlike Quincy, a bad parameter answers
 """
 
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import orjson
@@ -347,11 +347,23 @@ def build_router(store: Store, triggers: Any, *, read_guard: Callable[..., None]
     @router.get("/v1/triggers", tags=["triggers"], dependencies=reads, response_class=JSON,
                 responses=_responses(ok=_list_of(_OBJECT)))
     async def list_triggers() -> JSON:
-        """Every trigger's definition, with its streams by state and this server's counters."""
-        by_state = await call(store.count_streams_by_trigger_and_state)
+        """Every trigger's definition, with its streams by state, what every process recorded
+        for it in the last hour (`last_hour`: streams_created, fired, expired, errors) and this
+        server's own ingest counters since it started (`counters`)."""
+        def run() -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]]:
+            recent: dict[str, dict[str, int]] = {}
+            since = store.wall_clock.now() - timedelta(hours=1)
+            for _minute, kind, trigger_name, count in store.activity_since(since):
+                if trigger_name:
+                    entry = recent.setdefault(trigger_name, {})
+                    entry[kind] = entry.get(kind, 0) + int(count)
+            return store.count_streams_by_trigger_and_state(), recent
+        by_state, recent = await call(run)
         live = counters() if counters is not None else {}
         return JSON([{**trigger_definition(trigger),
                       "streams": by_state.get(trigger.name, {}),
+                      "last_hour": {kind: recent.get(trigger.name, {}).get(kind, 0)
+                                    for kind in ("streams_created", "fired", "expired", "errors")},
                       "counters": dict(live.get(trigger.name, {}))}
                      for trigger in triggers])
 
