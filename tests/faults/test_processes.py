@@ -710,3 +710,36 @@ def test_every_notification_twice_in_shuffled_order_is_stored_once(rig_factory):
     assert sum(a[0] for a in archived) == count
     assert sum(a[1] for a in archived) == len(workload.notifications)
 
+
+# -- found by these tests ----------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_a_worker_claims_nothing_while_its_event_clock_has_no_time(postgres_url):
+    """The race test 3 once lost: a worker reads the shared clock (not written yet), ingest's first
+    batch commits, the worker claims. Its unset event clock must not stand for real time, which
+    would expire the new streams at once with a fraction of their events."""
+    from winchester.clock import EventClock, FixedClock
+    from winchester.services.ingest import Ingester
+    from winchester.services.worker import Worker
+    from winchester.triggers import load_triggers
+
+    migrate(postgres_url)
+    triggers = load_triggers([{
+        "name": TRIGGER, "distinguished_by": ["instance_id"], "expiration": "$last + 2h",
+        "fire_pipeline": "on_fire", "expire_pipeline": "on_expire",
+        "match_criteria": [{"event_type": "compute.instance.*"}],
+        "fire_criteria": [{"event_type": "compute.instance.*", "number": 4}]}], "triggers.yaml")
+    store = Store.from_url(postgres_url, ["instance_id"])
+    try:
+        reads = iter([None])  # the worker's read, before ingest's first commit
+        clock = EventClock(reader=lambda: next(reads, None))
+        worker = Worker(store, triggers, {}, clock=clock, delay=0)
+        Ingester(store, triggers, clock=FixedClock(START)).add_events([
+            {"message_id": "m-1", "event_type": "compute.instance.create.start", "timestamp": START,
+             "instance_id": "i-1"}])
+        assert worker.run_until_idle() == 0
+        assert {s.state for s in store.list_streams()} == {"active"}
+    finally:
+        store.close()
+

@@ -187,7 +187,7 @@ class Worker:
                 continue
             # On PostgreSQL a due stream locked for an instant by an ingester
             # is skipped, not waited for: look again before calling it done.
-            if waits >= IDLE_CHECKS or not self.store.count_due_streams(
+            if waits >= IDLE_CHECKS or not self._time_known() or not self.store.count_due_streams(
                     self.clock.now(), self.wall_clock.now(), self.grace):
                 break
             waits += 1
@@ -223,6 +223,8 @@ class Worker:
         claimed_at = time.monotonic()
         # The shared event clock moves as ingest processes store events.
         self.clock.refresh()
+        if not self._time_known():
+            return 0
         wall_now = self.wall_clock.now()
         claimed = self.store.claim_streams(
             action, self.name, self.clock.now(), wall_now, wall_now + self.lease,
@@ -258,6 +260,16 @@ class Worker:
         if pending:
             self._record(pending)
         return ran
+
+    def _time_known(self) -> bool:
+        """False while an event clock has no time yet: then nothing can be due.
+
+        An unset event clock answers real time; a worker that claimed with
+        that would expire every stream at once (it happened when ingest's first
+        batch committed between the worker's read of the shared clock and its
+        claim: the first streams expired with a fraction of their events).
+        """
+        return getattr(self.clock, "is_set", True)
 
     def _give_back(self, streams: list[ClaimedStream], why: str) -> None:
         try:
