@@ -743,3 +743,48 @@ def test_a_worker_claims_nothing_while_its_event_clock_has_no_time(postgres_url)
     finally:
         store.close()
 
+
+@pytest.mark.postgres
+def test_a_live_worker_keeps_the_lease_on_streams_it_ran_but_has_not_recorded_yet(postgres_url):
+    """With a short lease (as test 2 uses), streams a worker has run wait up to RECORD_SECONDS for
+    their outcome to be recorded: the renewal must cover them too, or another worker takes them
+    over from a live worker and their commits run twice."""
+    from winchester.clock import FixedClock, utc_now
+    from winchester.pipelines._pipeline import Pipeline, PipelineEntry, PipelineSet
+    from winchester.services.ingest import Ingester
+    from winchester.services.worker import Worker
+    from winchester.triggers import load_triggers
+
+    migrate(postgres_url)
+    triggers = load_triggers([{
+        "name": TRIGGER, "distinguished_by": ["instance_id"], "expiration": "$last + 2h",
+        "fire_pipeline": "slow", "match_criteria": [{"event_type": "compute.instance.*"}],
+        "fire_criteria": [{"event_type": "compute.instance.delete.end"}]}], "triggers.yaml")
+    store = Store.from_url(postgres_url, ["instance_id"])
+    lapsed: list[int] = []
+
+    class Slow:
+        def handle_events(self, events, env):
+            time.sleep(0.6)
+            now = utc_now()
+            lapsed.extend(s.id for s in store.list_streams(state="firing")
+                          if s.claim_expires is not None and s.claim_expires < now)
+            return events
+
+        def commit(self):
+            pass
+
+        def rollback(self):
+            pass
+
+    try:
+        Ingester(store, triggers, clock=FixedClock(START)).add_events([
+            {"message_id": f"m-{n}", "event_type": "compute.instance.delete.end", "timestamp": START,
+             "instance_id": f"i-{n}"} for n in range(4)])
+        pipelines = PipelineSet({"slow": Pipeline("slow", (PipelineEntry("slow", Slow, {}),))})
+        worker = Worker(store, triggers, pipelines, clock=FixedClock(START + timedelta(hours=1)),
+                        lease=timedelta(seconds=1.5), record_every=1000)
+        assert worker.process("fire") == 4
+        assert lapsed == [], f"streams {sorted(set(lapsed))} lapsed while their worker ran the batch"
+    finally:
+        store.close()

@@ -246,8 +246,11 @@ class Worker:
                 self._give_back(claimed[position:], "the worker is stopping")
                 break
             if time.monotonic() >= renew_at:
-                # A long batch keeps its lease: renewed for what is still to run.
-                self.store.extend_claims(self.name, claimed[position:], self.wall_clock.now() + self.lease)
+                # A long batch keeps its lease: renewed for what is still to run, and
+                # for what ran but is not recorded yet (with a lease shorter than
+                # RECORD_SECONDS, another worker would otherwise run those again).
+                self.store.extend_claims(self.name, [o.stream for o in pending] + claimed[position:],
+                                         self.wall_clock.now() + self.lease)
                 renew_at = time.monotonic() + lease / 3
             pending.append(self._run(stream, events.pop(stream.id, [])))
             ran += 1
