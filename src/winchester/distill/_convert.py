@@ -71,9 +71,18 @@ def to_text(value: Any) -> str:
     elif isinstance(value, (dict, list)):
         # Containers become compact JSON, which tools can read back, rather
         # than Python's repr.
-        text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+        try:
+            text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+        except TypeError as exc:
+            # Nested deeper than orjson writes (255 levels; it reads 1024), an
+            # int past 64 bits or a key that is not a string (decoded dicts).
+            raise ConversionError(f"a {type(value).__name__} that cannot be written as JSON "
+                                  f"({exc})") from None
     else:
-        text = str(value)
+        try:
+            text = str(value)
+        except ValueError as exc:  # an int of more than sys.get_int_max_str_digits() digits
+            raise ConversionError(f"a {type(value).__name__} that cannot be text ({exc})") from None
     if "\x00" in text:
         raise ConversionError("text contains NUL characters, which no SQL store accepts")
     return text
