@@ -147,6 +147,10 @@ def poison_set(tag: str) -> list[Poison]:
         Poison("deep payload", dumped("nested", payload={"instance_id": "p-nested",
                                                           "tree": DEEP_MARK}).replace(
             b'"' + DEEP_MARK.encode() + b'"', nested(900)), "stored"),
+        # A text trait nested deeper than JSON can be written back (orjson reads 1024 levels,
+        # writes 255): the trait is dropped, the event kept.
+        Poison("deep trait", dumped("deep-trait", payload={"instance_id": DEEP_MARK}).replace(
+            b'"' + DEEP_MARK.encode() + b'"', nested(600)), "stored"),
         Poison("huge trait", dumped("huge-trait", payload={"instance_id": "p-huge-trait",
                                                             "display_name": "z" * 100_000}),
                "stored"),
@@ -224,8 +228,9 @@ def check_events(store: Store, expected: Expected, tag: str) -> None:
     assert store.count_events_by_type() == {TYPE: expected.stored}
     stored = {event["message_id"] for event in store.find_events()}
     assert {f"poison-{tag}-{name}" for name in ("payload-string", "payload-list", "payload-null",
-                                                "payload-types", "huge", "nested", "huge-trait")
-            } <= stored
+                                                "payload-types", "huge", "nested", "deep-trait",
+                                                "huge-trait")} <= stored
+    assert "instance_id" not in store.get_event(f"poison-{tag}-deep-trait")
     odd = store.get_event(f"poison-{tag}-payload-types")
     # A trait whose value has the wrong type is dropped or converted, never fatal.
     assert "memory_mb" not in odd and "launched_at" not in odd
@@ -299,9 +304,8 @@ def test_poison_from_the_broker_is_dead_lettered_archived_counted_and_never_stop
     poison = poison_set(tag)
     before = [orjson.dumps(good(tag, n)) for n in range(5)]
     after = [orjson.dumps(good(tag, n)) for n in range(5, 10)]
-    duplicate = before[0]  # redelivered: recognised, stored and archived once
-    publish_raw(corner, [*before, *(p.body for p in poison), *after, duplicate])
-    expected = Expected(good=10, poison=poison, duplicates=1)
+    publish_raw(corner, [*before, *(p.body for p in poison), *after])
+    expected = Expected(good=10, poison=poison)
 
     def acknowledged(port: int, service: str) -> float | None:
         return metric(scrape(port), "winchester_bus_notifications_acknowledged_total", service=service)
@@ -310,10 +314,13 @@ def test_poison_from_the_broker_is_dead_lettered_archived_counted_and_never_stop
                and acknowledged(persistor_port, "persistor") == expected.received, 120,
                f"{expected.received} acknowledged by both\n{ingest.log}\n{persistor.log}")
 
-    # Still consuming after the poison: more good notifications are stored.
+    # Still consuming after the poison: more good notifications are stored, and one redelivered
+    # is recognised, stored and archived once. (Sent in a batch of its own: see
+    # test_a_duplicate_within_one_batch_is_counted_once_by_type below.)
     later = [orjson.dumps(good(tag, n)) for n in range(10, 15)]
-    publish_raw(corner, later)
+    publish_raw(corner, [before[0], *later])
     expected.good += len(later)
+    expected.duplicates = 1
     wait_until(lambda: acknowledged(ingest_port, "ingest") == expected.received
                and acknowledged(persistor_port, "persistor") == expected.received, 120,
                f"the later notifications\n{ingest.log}\n{persistor.log}")
@@ -437,7 +444,7 @@ def test_each_poison_posted_alone_is_answered_never_a_server_error(http_intake):
     """
     client, store, _ = http_intake
     tag = uuid.uuid4().hex[:8]
-    poison = [p for p in poison_set(tag) if p.label != "deep payload"]  # see the xfail below
+    poison = [p for p in poison_set(tag) if p.label not in DEEPER_THAN_ORJSON_WRITES]  # xfail below
     for item in poison:
         response = client.post("/v1/notifications", content=item.body)
         if not item.body:
@@ -456,6 +463,7 @@ def test_each_poison_posted_alone_is_answered_never_a_server_error(http_intake):
     assert store.count_events() == 1 + sum(p.outcome == "stored" for p in poison)
 
 
+DEEPER_THAN_ORJSON_WRITES = ("deep payload", "deep trait")
 REASONS = {"not_json", "not_an_object", "bad_envelope", "no_event_type", "no_message_id",
            "no_timestamp", "bad_timestamp", "bad_identifier"}
 
@@ -465,8 +473,26 @@ REASONS = {"not_json", "not_an_object", "bad_envelope", "no_event_type", "no_mes
     "DirectIntake re-serialises the parsed object for the archive (services/intake.py _as_bytes): "
     "orjson.dumps refuses more than 255 levels (TypeError, a 500). Fix: keep each item's raw bytes "
     "from split_notifications (api/_app.py), which also archives it as received."))
-def test_a_deeply_nested_notification_posted_alone_is_stored(http_intake):
+@pytest.mark.parametrize("label", DEEPER_THAN_ORJSON_WRITES)
+def test_a_deeply_nested_notification_posted_alone_is_stored(http_intake, label):
     client, store, _ = http_intake
-    [deep] = [p for p in poison_set(uuid.uuid4().hex[:8]) if p.label == "deep payload"]
+    [deep] = [p for p in poison_set(uuid.uuid4().hex[:8]) if p.label == label]
     answer = post(client, deep.body)
     assert answer["accepted"] == 1 and answer["archived"] == 1
+
+
+@pytest.mark.xfail(raises=AssertionError, strict=True, reason=(
+    "bug: Ingester._count_types (services/ingest.py) counts every item whose message_id is in the "
+    "batch's duplicates, so a batch holding a notification and its repeat counts both as "
+    "duplicates: winchester_events_stored_total is one short and _duplicate_total one over "
+    "(IngestStats.saved and .duplicates are right). Fix: count len(duplicates) per type, not the "
+    "items sharing a duplicate id."))
+def test_a_duplicate_within_one_batch_is_counted_once_by_type(http_intake):
+    client, store, metrics = http_intake
+    line = orjson.dumps(good(uuid.uuid4().hex[:8], 1))
+    answer = post(client, line + b"\n" + line)
+    assert (answer["accepted"], answer["duplicates"]) == (1, 1)
+    found = {(s.name, frozenset(s.labels.items())): s.value
+             for f in text_string_to_metric_families(client.get("/metrics").text) for s in f.samples}
+    assert metric(found, "winchester_events_stored_total", service="http", event_type=TYPE) == 1
+    assert metric(found, "winchester_events_duplicate_total", service="http", event_type=TYPE) == 1
