@@ -626,9 +626,10 @@ def test_broker_restart_while_ingest_and_persistor_hold_batches(rig_factory):
                        lambda: f"ingest and persistor blocked in a batch\n{rig.logs()}")
             stopped = True  # from here on, whatever happens, start_app in the end
             rabbitmqctl("stop_app")
-        # The batches in hand commit now, with the broker gone: they cannot be acknowledged.
-        ingest.wait_for("lost the broker")
-        persistor.wait_for("lost the broker")
+        # The batches in hand commit now, with the broker gone: they cannot be acknowledged,
+        # and each process says they will come again.
+        ingest.wait_for("unacknowledged message(s) will be redelivered")
+        persistor.wait_for("unacknowledged message(s) will be redelivered")
         rabbitmqctl("start_app")
         stopped = False
     finally:

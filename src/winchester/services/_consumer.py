@@ -291,8 +291,10 @@ class NotificationConsumer:
         round trips and the broker's deliveries overlap instead of taking
         turns. At most two batches are unacknowledged (the prefetch allows it).
         """
-        batch, self._batch = self._batch, []
+        # Settled first: if acknowledging fails (the broker went away), this
+        # batch is still in hand and counted among the unacknowledged.
         self._settle()
+        batch, self._batch = self._batch, []
         future = self._store_thread.submit(self._store, [delivery for delivery, _ in batch])
         self._in_flight = (future, batch)
 
@@ -301,7 +303,6 @@ class NotificationConsumer:
         if self._in_flight is None:
             return
         future, batch = self._in_flight
-        self._in_flight = None
         future.result()  # _Abandoned when stopping with it unstored
         if self._ack_multiple:
             # One acknowledgement covers the whole batch: it came on this channel,
@@ -310,6 +311,9 @@ class NotificationConsumer:
         else:
             for _, message in batch:
                 message.ack()
+        # Only now: a batch stored but not acknowledged (the connection died)
+        # is counted with what the broker delivers again.
+        self._in_flight = None
         self.stats.acknowledged += len(batch)
         self.stats.batches += 1
 
