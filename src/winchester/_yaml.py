@@ -104,6 +104,15 @@ def parse_yaml(text: str, file_name: str) -> tuple[Any, list[Problem]]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         reason = " ".join(part for part in (exc.context, exc.problem) if part)
+        tag = _refused_tag(exc)
+        if tag is not None:
+            # The loader is yaml.SafeLoader's: it builds no Python object, whatever the tag says.
+            raise ConfigError(Problem(
+                file=file_name, where="", line=mark.line + 1 if mark else None,
+                column=mark.column + 1 if mark else None,
+                message=f"YAML tag {tag!r} is not allowed: configuration files hold plain data "
+                        "(mappings, lists, strings, numbers, booleans, dates), never Python objects",
+            )) from None
         raise ConfigError(Problem(
             file=file_name, where="", message=f"YAML syntax error: {reason}",
             line=mark.line + 1 if mark else None,
@@ -120,6 +129,19 @@ def parse_yaml(text: str, file_name: str) -> tuple[Any, list[Problem]]:
         for key, (line, column) in loader.duplicate_keys
     ]
     return data, warnings
+
+
+_UNKNOWN_TAG = "could not determine a constructor for the tag "
+_STANDARD_PREFIX = "tag:yaml.org,2002:"
+
+
+def _refused_tag(exc: yaml.MarkedYAMLError) -> str | None:
+    """The tag (as written, ``!!python/...``) when the safe loader refused one, else None."""
+    problem = exc.problem or ""
+    if not isinstance(exc, yaml.constructor.ConstructorError) or not problem.startswith(_UNKNOWN_TAG):
+        return None
+    tag = problem[len(_UNKNOWN_TAG):].strip().strip("'\"")
+    return "!!" + tag[len(_STANDARD_PREFIX):] if tag.startswith(_STANDARD_PREFIX) else tag
 
 
 def position_of(container: Mapping | Sequence | None, key: Any = None) -> Position | None:
