@@ -31,7 +31,7 @@ def check(config_file: str, strict: bool) -> None:
     table.add_column("result", overflow="fold")
     if settings is not None:
         table.add_row("winchester.yaml", _short(settings.source),
-                      f"database {settings.database_url}")
+                      f"database {_safe(settings.database_url)}")
         for file_report in report.files:
             errors = sum(p.severity == "error" for p in file_report.problems)
             status = f"[red]{errors} error(s)[/red]" if errors else f"[green]ok[/green] {file_report.summary}"
@@ -59,3 +59,12 @@ def _short(path: Path | None) -> str:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def _safe(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL is reported elsewhere; show nothing of it
+        return "(unparsable URL)"

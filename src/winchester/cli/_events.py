@@ -51,7 +51,7 @@ def list_events(config_file, name, from_, to, traits, mark, limit, as_json, url,
     if as_json:
         print_json(found)
         return
-    console = Console(highlight=False, soft_wrap=True)
+    console = Console(highlight=False, soft_wrap=True, markup=False)
     table = Table(title=f"{len(found)} event(s)", title_justify="left")
     for column in ("generated", "event type", "message_id", "traits"):
         table.add_column(column, overflow="fold")
@@ -81,7 +81,7 @@ def show_event(config_file, message_id, as_json, url, token) -> None:
         table.add_column(column, overflow="fold")
     for key, value in event.items():
         table.add_row(key, _type_of(value), plain(value))
-    Console(highlight=False, soft_wrap=True).print(table)
+    Console(highlight=False, soft_wrap=True, markup=False).print(table)
 
 
 @events.command("count")

@@ -32,7 +32,7 @@ def explain(config_file: str, stream_id: int | None, message_id: str | None, as_
     if as_json:
         print_json(report)
         return
-    console = Console(highlight=False, soft_wrap=True)
+    console = Console(highlight=False, soft_wrap=True, markup=False)
     if stream_id:
         _print_stream(console, report)
     else:

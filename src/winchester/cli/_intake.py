@@ -6,6 +6,7 @@ import sys
 from datetime import timedelta
 
 import click
+from amqp.exceptions import AccessRefused
 from rich.console import Console
 
 from winchester.cli._options import config_option, metrics_port_option, start_metrics, stopped_by_signals
@@ -86,6 +87,11 @@ def _run(service, console: Console, store) -> None:
             service.run()
     except IntakeError as exc:
         console.print(f"error: {exc}", markup=False)
+        sys.exit(2)
+    except AccessRefused as exc:
+        # Retrying cannot cure wrong credentials: say so once and stop.
+        console.print(f"error: the broker refused the login ({exc.reply_text or exc}); check the user "
+                      "and password in bus.url", markup=False)
         sys.exit(2)
     finally:
         store.close()

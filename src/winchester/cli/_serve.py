@@ -11,6 +11,7 @@ from rich.table import Table
 
 from winchester.cli._options import config_option, stopped_by_signals
 from winchester.cli._setup import open_parts
+from winchester.bus._connect import safe_url
 from winchester.config import open_store
 from winchester.services.serve import PARTS, build_server, default_parts
 
@@ -93,7 +94,7 @@ def _serve(config_file: str, parts: tuple[str, ...] | None, clock_kind: str, hos
                               "background", markup=False)
         if not server.failures:
             url = _url(server)
-            console.print(f"winchester serving {', '.join(chosen)} (bus {settings.bus_url}, "
+            console.print(f"winchester serving {', '.join(chosen)} (bus {safe_url(settings.bus_url)}, "
                           f"database {_safe(settings.database_url)})"
                           + (f"; dashboard at {url}/, API at {url}/docs" if url else ""), markup=False)
             if load_file is not None:

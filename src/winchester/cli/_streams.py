@@ -58,7 +58,7 @@ def list_streams(config_file, name, state, from_, to, traits, details, mark, lim
     if as_json:
         print_json(found)
         return
-    console = Console(highlight=False, soft_wrap=True)
+    console = Console(highlight=False, soft_wrap=True, markup=False)
     table = Table(title_justify="left", title=", ".join(
         f"{k} {v:,}" for k, v in sorted(counts.items())) or "no streams")
     for column in ("id", "trigger", "state", "events", "first event", "last event", "fire at",
@@ -90,7 +90,7 @@ def show_stream(config_file, stream_id, details, as_json, url, token) -> None:
     if as_json:
         print_json(stream)
         return
-    console = Console(highlight=False, soft_wrap=True)
+    console = Console(highlight=False, soft_wrap=True, markup=False)
     table = Table(title=f"stream {stream_id}", title_justify="left", show_header=False)
     table.add_column("field")
     table.add_column("value", overflow="fold")
@@ -139,7 +139,7 @@ def reset(config_file, stream_ids, all_errors, as_json, url, token) -> None:
         print_json({"reset": {str(k): v for k, v in sorted(moved.items())},
                     "left_alone": {str(k): v for k, v in sorted(skipped.items())}})
     else:
-        console = Console(highlight=False, soft_wrap=True)
+        console = Console(highlight=False, soft_wrap=True, markup=False)
         for stream_id, state in sorted(moved.items()):
             console.print(f"stream {stream_id}: -> {state}", markup=False)
         for stream_id, state in sorted(skipped.items()):

@@ -205,8 +205,10 @@ class Ingester:
         stats.events_by_type.update(seen)
         if duplicates:
             again = set(duplicates)
-            repeated = Counter(item.event["event_type"] for item in items
-                               if item.event["message_id"] in again)
+            type_of = {item.event["message_id"]: item.event["event_type"] for item in items
+                       if item.event["message_id"] in again}
+            # One count per duplicate reported: an id repeated within the batch is stored once.
+            repeated = Counter(type_of[message_id] for message_id in duplicates)
             stats.duplicates_by_type.update(repeated)
             seen.subtract(repeated)
         stats.stored_by_type.update(seen)

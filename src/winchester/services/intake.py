@@ -199,6 +199,12 @@ def _as_bytes(body: Any) -> bytes:
         return body
     if isinstance(body, str):
         return body.encode("utf-8", "surrogatepass")
+    import json
+
     import orjson
 
-    return orjson.dumps(body, default=str)
+    try:
+        return orjson.dumps(body, default=str)
+    except TypeError:
+        # orjson writes at most 255 levels of nesting; the HTTP intake accepts deeper documents.
+        return json.dumps(body, default=str, ensure_ascii=False).encode("utf-8", "surrogatepass")
