@@ -76,7 +76,14 @@ def compile_extractor(plan: tuple, generic_trait: Callable) -> Extractor:
             body_lines.append(f"    if v is None: v = {lookup}")
         if first_value_plugin:
             namespace[f"plugin{index}"] = plugin
-            body_lines.append(f"    if v is not None: v = plugin{index}.trait_value([('', v)])")
+            # As in the general code: a plugin that raises loses its trait, never the event.
+            body_lines += [
+                "    if v is not None:",
+                f"        try: v = plugin{index}.trait_value([('', v)])",
+                "        except Exception as exc:",
+                f"            warn(definition, {name!r}, f'plugin raised {{type(exc).__name__}}: {{exc}}')",
+                "            v = None",
+            ]
         store = f"event[{name!r}]"
         if is_text:
             body_lines += [
