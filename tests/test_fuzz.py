@@ -272,9 +272,12 @@ def test_notifications_with_arbitrary_payloads_as_json_reject_or_convert(name, n
 
 @FUZZ
 @given(st.sampled_from(sorted(DISTILLERS)), notifications(WILD_VALUES, WILD_PAYLOADS))
-# Found by this test: the split plugin's str() of an int past 4300 digits, in the generated code.
+# Found by this test: the split plugin's str() of an int past 4300 digits, in the generated code,
+# and the int and float converters' messages quoting such an int.
 @example("example", {"event_type": "compute.instance.update", "message_id": "m",
                      "timestamp": "2014-08-01", "publisher_id": 10**4400, "payload": {}})
+@example("everything", {"event_type": "x", "message_id": "m", "timestamp": "2014-08-01",
+                        "payload": {"number": 10**4400, "real": 10**4400, "text": 10**4400}})
 def test_decoded_notifications_with_wild_values_reject_or_convert(name, notification):
     """Dicts (not JSON): ints past 64 bits, NaN, tuples, int keys, 700 levels deep; distill()."""
     distill_with(name, notification)

@@ -29,6 +29,15 @@ class ConversionError(ValueError):
     """The value cannot be converted to the trait's type."""
 
 
+def _shown(value: Any) -> str:
+    """``repr(value)`` for a message, short; an int too long to print is described instead."""
+    try:
+        text = repr(value)
+    except ValueError:  # more than sys.get_int_max_str_digits() digits
+        return f"an int of {value.bit_length()} bits"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 def parse_datetime(text: str) -> datetime:
     """Parse ISO 8601 and OpenStack's ``2014-08-01 01:00:00.123456`` forms to naive UTC."""
     try:
@@ -105,7 +114,7 @@ def to_int(value: Any) -> int:
     else:
         raise ConversionError(f"a {type(value).__name__} is not an integer")
     if not _INT64_MIN <= result <= _INT64_MAX:
-        raise ConversionError(f"{result} is outside the signed 64-bit range")
+        raise ConversionError(f"{_shown(result)} is outside the signed 64-bit range")
     return result
 
 
@@ -114,7 +123,7 @@ def to_float(value: Any) -> float:
         try:
             result = float(value.strip() if isinstance(value, str) else value)
         except (ValueError, OverflowError):
-            raise ConversionError(f"{value!r} is not a number") from None
+            raise ConversionError(f"{_shown(value)} is not a number") from None
         if not math.isfinite(result):
             raise ConversionError(f"{value!r} is not a finite number")
         return result
