@@ -88,7 +88,7 @@ def compile_extractor(plan: tuple, generic_trait: Callable) -> Extractor:
         if is_text:
             body_lines += [
                 "    if v is not None:",
-                "        if v.__class__ is str and '\\x00' not in v:",
+                "        if v.__class__ is str and '\\x00' not in v and v.isascii():",
                 f"            {store} = v",
                 "        else:",
                 f"            try: {store} = convert{index}(v)",

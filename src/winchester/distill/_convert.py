@@ -29,12 +29,14 @@ class ConversionError(ValueError):
     """The value cannot be converted to the trait's type."""
 
 
-def _shown(value: Any) -> str:
+def describe_value(value: Any) -> str:
     """``repr(value)`` for a message, short; an int too long to print is described instead."""
     try:
         text = repr(value)
-    except ValueError:  # more than sys.get_int_max_str_digits() digits
-        return f"an int of {value.bit_length()} bits"
+    except ValueError:  # an int of more than sys.get_int_max_str_digits() digits, maybe inside
+        if isinstance(value, int):
+            return f"an int of {value.bit_length()} bits"
+        return f"a {type(value).__name__} holding an int too long to print"
     return text if len(text) <= 200 else text[:197] + "..."
 
 
@@ -72,9 +74,22 @@ def _parse_datetime(text: str) -> datetime:
     return result
 
 
+def is_storable_text(text: str) -> bool:
+    """No NUL and no lone surrogate: text every SQL store takes (as the event model requires)."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, from a decoder that lets them through
+        return False
+    return True
+
+
 def to_text(value: Any) -> str:
     if type(value) is str:
-        if "\x00" not in value:
+        if is_storable_text(value):
             return value
         text = value
     elif isinstance(value, (dict, list)):
@@ -94,6 +109,9 @@ def to_text(value: Any) -> str:
             raise ConversionError(f"a {type(value).__name__} that cannot be text ({exc})") from None
     if "\x00" in text:
         raise ConversionError("text contains NUL characters, which no SQL store accepts")
+    if not is_storable_text(text):
+        raise ConversionError("text holds a lone surrogate (not valid Unicode), which no SQL store "
+                              "accepts")
     return text
 
 
@@ -114,7 +132,7 @@ def to_int(value: Any) -> int:
     else:
         raise ConversionError(f"a {type(value).__name__} is not an integer")
     if not _INT64_MIN <= result <= _INT64_MAX:
-        raise ConversionError(f"{_shown(result)} is outside the signed 64-bit range")
+        raise ConversionError(f"{describe_value(result)} is outside the signed 64-bit range")
     return result
 
 
@@ -123,7 +141,7 @@ def to_float(value: Any) -> float:
         try:
             result = float(value.strip() if isinstance(value, str) else value)
         except (ValueError, OverflowError):
-            raise ConversionError(f"{_shown(value)} is not a number") from None
+            raise ConversionError(f"{describe_value(value)} is not a number") from None
         if not math.isfinite(result):
             raise ConversionError(f"{value!r} is not a finite number")
         return result

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from winchester.distill._codegen import compile_extractor
-from winchester.distill._convert import ConversionError, parse_datetime
+from winchester.distill._convert import ConversionError, describe_value, is_storable_text, parse_datetime
 from winchester.distill._definitions import DefinitionSet, EventDefinition
 from winchester.distill._plugins import plugin_value
 from winchester.errors import WinchesterError
@@ -192,8 +192,9 @@ def read_envelope(notification: Mapping[str, Any]) -> tuple[str, str, datetime]:
         message_id = metadata.get("message_id")
     if type(message_id) is not str or not message_id:
         raise NotificationRejected("no_message_id", "message_id is missing or not a string")
-    if "\x00" in event_type or "\x00" in message_id:
-        raise NotificationRejected("bad_identifier", "event_type or message_id contains NUL")
+    if not (is_storable_text(event_type) and is_storable_text(message_id)):
+        raise NotificationRejected("bad_identifier", "event_type or message_id contains NUL or a "
+                                   "lone surrogate")
     if len(event_type) > IDENTIFIER_MAX_LENGTH or len(message_id) > IDENTIFIER_MAX_LENGTH:
         raise NotificationRejected("bad_identifier", f"event_type or message_id is longer than "
                                    f"{IDENTIFIER_MAX_LENGTH} characters")
@@ -203,7 +204,8 @@ def read_envelope(notification: Mapping[str, Any]) -> tuple[str, str, datetime]:
     if isinstance(raw_time, datetime):
         return event_type, message_id, to_naive_utc(raw_time)
     if not isinstance(raw_time, str):
-        raise NotificationRejected("no_timestamp", f"timestamp is missing or not a string: {raw_time!r}")
+        raise NotificationRejected("no_timestamp",
+                                   f"timestamp is missing or not a string: {describe_value(raw_time)}")
     try:
         return event_type, message_id, parse_datetime(raw_time)
     except ConversionError as exc:
