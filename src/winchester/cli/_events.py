@@ -1,29 +1,34 @@
 from __future__ import annotations
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from winchester.cli._options import config_option
-from winchester.cli._query import json_option, plain, print_json, queries, remote_options, short_time
+from winchester.cli._query import (
+    events_table,
+    json_option,
+    output_console,
+    paging_options,
+    plain,
+    print_json,
+    print_next_page,
+    queries,
+    remote_options,
+    with_options,
+)
 
-# The event keys every event has; the rest are its traits.
-_CORE = ("message_id", "event_type", "timestamp", "_mark")
 EVENT_OPTIONS = {"from_datetime": "--from", "to_datetime": "--to", "event_name": "--name",
                  "traits": "--traits", "mark": "--mark", "limit": "--limit"}
 
 
-def event_filters(command):
-    for decorator in reversed([
-        click.option("--name", metavar="EVENT_TYPE", help="Only events of this type."),
-        click.option("--from", "from_", metavar="TIME", help="Events generated after this (ISO 8601, UTC)."),
-        click.option("--to", metavar="TIME", help="Events generated at or before this."),
-        click.option("--traits", "-t", multiple=True, metavar="NAME:VALUE",
-                     help="A trait filter, repeatable; values typed as int:, float:, datetime:, "
-                          "string: (text by default), e.g. -t memory_mb:int:2048."),
-    ]):
-        command = decorator(command)
-    return command
+event_filters = with_options([
+    click.option("--name", metavar="EVENT_TYPE", help="Only events of this type."),
+    click.option("--from", "from_", metavar="TIME", help="Events generated after this (ISO 8601, UTC)."),
+    click.option("--to", metavar="TIME", help="Events generated at or before this."),
+    click.option("--traits", "-t", multiple=True, metavar="NAME:VALUE",
+                 help="A trait filter, repeatable; values typed as int:, float:, datetime:, "
+                      "string: (text by default), e.g. -t memory_mb:int:2048."),
+])
 
 
 def _params(name, from_, to, traits, mark=None, limit=None) -> dict[str, str | None]:
@@ -40,8 +45,7 @@ def events() -> None:
 @events.command("list")
 @config_option
 @event_filters
-@click.option("--mark", help="Page on from this _mark (the last one shown); +MARK pages oldest first.")
-@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@with_options(paging_options)
 @json_option
 @remote_options
 def list_events(config_file, name, from_, to, traits, mark, limit, as_json, url, token) -> None:
@@ -51,17 +55,9 @@ def list_events(config_file, name, from_, to, traits, mark, limit, as_json, url,
     if as_json:
         print_json(found)
         return
-    console = Console(highlight=False, soft_wrap=True, markup=False)
-    table = Table(title=f"{len(found)} event(s)", title_justify="left")
-    for column in ("generated", "event type", "message_id", "traits"):
-        table.add_column(column, overflow="fold")
-    for event in found:
-        table.add_row(short_time(event["timestamp"]), event["event_type"], event["message_id"],
-                      ", ".join(f"{key}={plain(value)}" for key, value in event.items() if key not in _CORE))
-    console.print(table)
-    if len(found) == limit:
-        sign = "+" if (mark or "").startswith("+") else ""
-        console.print(f"more: --mark {sign}{found[-1]['_mark'].lstrip('+')}", markup=False)
+    console = output_console()
+    console.print(events_table(f"{len(found)} event(s)", found))
+    print_next_page(console, found, limit, mark)
 
 
 @events.command("show")
@@ -81,7 +77,7 @@ def show_event(config_file, message_id, as_json, url, token) -> None:
         table.add_column(column, overflow="fold")
     for key, value in event.items():
         table.add_row(key, _type_of(value), plain(value))
-    Console(highlight=False, soft_wrap=True, markup=False).print(table)
+    output_console().print(table)
 
 
 @events.command("count")

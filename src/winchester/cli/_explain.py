@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from winchester.cli._options import config_option
-from winchester.cli._query import json_option, plain, print_json, queries, remote_options
+from winchester.cli._query import json_option, output_console, plain, print_json, queries, remote_options
 
 
 @click.command("explain")
@@ -32,7 +32,7 @@ def explain(config_file: str, stream_id: int | None, message_id: str | None, as_
     if as_json:
         print_json(report)
         return
-    console = Console(highlight=False, soft_wrap=True, markup=False)
+    console = output_console()
     if stream_id:
         _print_stream(console, report)
     else:

@@ -317,3 +317,46 @@ def short_time(value: Any) -> str:
     text = plain(value)
     return text.replace("T", " ")[:19]
 
+
+# The keys every event has; the rest are its traits.
+EVENT_CORE = ("message_id", "event_type", "timestamp", "_mark")
+
+paging_options = [
+    click.option("--mark", help="Page on from this _mark (the last one shown); +MARK pages oldest first."),
+    click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True),
+]
+
+
+def with_options(options: list[Callable[..., Any]]) -> Callable[..., Any]:
+    """Apply click options in the order listed (as --help shows them)."""
+    def apply(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return apply
+
+
+def output_console() -> Console:
+    # Data is printed as text, never read as rich markup (a trait may hold "[red]").
+    return Console(highlight=False, soft_wrap=True, markup=False)
+
+
+def events_table(title: str, events: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in ("generated", "event type", "message_id", "traits"):
+        table.add_column(column, overflow="fold")
+    for event in events:
+        table.add_row(short_time(event["timestamp"]), event["event_type"], event["message_id"],
+                      ", ".join(f"{key}={plain(value)}" for key, value in event.items()
+                                if key not in EVENT_CORE))
+    return table
+
+
+def print_next_page(console: Console, found: list[dict[str, Any]], limit: int, mark: str | None) -> None:
+    """A full page ends with how to ask for the next one (the same direction)."""
+    if len(found) == limit:
+        sign = "+" if (mark or "").startswith("+") else ""
+        console.print(f"more: --mark {sign}{found[-1]['_mark'].lstrip('+')}")
+

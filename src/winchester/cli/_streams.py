@@ -3,11 +3,22 @@ from __future__ import annotations
 import sys
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from winchester.cli._options import config_option
-from winchester.cli._query import json_option, plain, print_json, queries, remote_options, short_time
+from winchester.cli._query import (
+    events_table,
+    json_option,
+    output_console,
+    paging_options,
+    plain,
+    print_json,
+    print_next_page,
+    queries,
+    remote_options,
+    short_time,
+    with_options,
+)
 from winchester.store import STREAM_STATES
 
 STREAM_OPTIONS = {"younger_than": "--from", "older_than": "--to", "trigger_name": "--name",
@@ -15,19 +26,16 @@ STREAM_OPTIONS = {"younger_than": "--from", "older_than": "--to", "trigger_name"
                   "limit": "--limit"}
 
 
-def stream_filters(command):
-    for decorator in reversed([
-        click.option("--name", "--trigger", "name", metavar="TRIGGER", help="Only this trigger's streams."),
-        click.option("--state", type=click.Choice(STREAM_STATES), help="Only streams in this state."),
-        click.option("--from", "from_", metavar="TIME",
-                     help="Streams whose last event is after this (ISO 8601, UTC)."),
-        click.option("--to", metavar="TIME", help="Streams whose first event is before this."),
-        click.option("--traits", "-t", multiple=True, metavar="NAME:VALUE",
-                     help="A distinguishing-trait filter, repeatable; typed as for events "
-                          "(-t instance_id:i-1 -t timestamp:datetime:2015-02-01)."),
-    ]):
-        command = decorator(command)
-    return command
+stream_filters = with_options([
+    click.option("--name", "--trigger", "name", metavar="TRIGGER", help="Only this trigger's streams."),
+    click.option("--state", type=click.Choice(STREAM_STATES), help="Only streams in this state."),
+    click.option("--from", "from_", metavar="TIME",
+                 help="Streams whose last event is after this (ISO 8601, UTC)."),
+    click.option("--to", metavar="TIME", help="Streams whose first event is before this."),
+    click.option("--traits", "-t", multiple=True, metavar="NAME:VALUE",
+                 help="A distinguishing-trait filter, repeatable; typed as for events "
+                      "(-t instance_id:i-1 -t timestamp:datetime:2015-02-01)."),
+])
 
 
 def _params(name, state, from_, to, traits, mark=None, limit=None, details=False) -> dict[str, str | None]:
@@ -45,8 +53,7 @@ def streams() -> None:
 @config_option
 @stream_filters
 @click.option("--details", is_flag=True, help="Include each stream's events.")
-@click.option("--mark", help="Page on from this _mark (the last one shown); +MARK pages oldest first.")
-@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@with_options(paging_options)
 @json_option
 @remote_options
 def list_streams(config_file, name, state, from_, to, traits, details, mark, limit, as_json, url,
@@ -58,7 +65,7 @@ def list_streams(config_file, name, state, from_, to, traits, details, mark, lim
     if as_json:
         print_json(found)
         return
-    console = Console(highlight=False, soft_wrap=True, markup=False)
+    console = output_console()
     table = Table(title_justify="left", title=", ".join(
         f"{k} {v:,}" for k, v in sorted(counts.items())) or "no streams")
     for column in ("id", "trigger", "state", "events", "first event", "last event", "fire at",
@@ -72,9 +79,7 @@ def list_streams(config_file, name, state, from_, to, traits, details, mark, lim
     if details:
         for s in found:
             console.print(_events_table(s))
-    if len(found) == limit:
-        sign = "+" if (mark or "").startswith("+") else ""
-        console.print(f"more: --mark {sign}{found[-1]['_mark'].lstrip('+')}", markup=False)
+    print_next_page(console, found, limit, mark)
 
 
 @streams.command("show")
@@ -90,7 +95,7 @@ def show_stream(config_file, stream_id, details, as_json, url, token) -> None:
     if as_json:
         print_json(stream)
         return
-    console = Console(highlight=False, soft_wrap=True, markup=False)
+    console = output_console()
     table = Table(title=f"stream {stream_id}", title_justify="left", show_header=False)
     table.add_column("field")
     table.add_column("value", overflow="fold")
@@ -139,7 +144,7 @@ def reset(config_file, stream_ids, all_errors, as_json, url, token) -> None:
         print_json({"reset": {str(k): v for k, v in sorted(moved.items())},
                     "left_alone": {str(k): v for k, v in sorted(skipped.items())}})
     else:
-        console = Console(highlight=False, soft_wrap=True, markup=False)
+        console = output_console()
         for stream_id, state in sorted(moved.items()):
             console.print(f"stream {stream_id}: -> {state}", markup=False)
         for stream_id, state in sorted(skipped.items()):
@@ -183,12 +188,5 @@ def _distinguishing(stream) -> str:
 
 
 def _events_table(stream) -> Table:
-    table = Table(title=f"stream {stream['id']}: {len(stream.get('events', []))} event(s)",
-                  title_justify="left")
-    for column in ("generated", "event type", "message_id", "traits"):
-        table.add_column(column, overflow="fold")
-    for event in stream.get("events", []):
-        table.add_row(short_time(event["timestamp"]), event["event_type"], event["message_id"],
-                      ", ".join(f"{k}={plain(v)}" for k, v in event.items()
-                                if k not in ("message_id", "event_type", "timestamp")))
-    return table
+    events = stream.get("events", [])
+    return events_table(f"stream {stream['id']}: {len(events)} event(s)", events)
