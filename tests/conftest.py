@@ -56,6 +56,15 @@ def real_data() -> Path:
     return real_data_dir()
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for servers the tests start)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 # --- databases ---------------------------------------------------------------------------
 
 POSTGRES_URL = os.environ.get("WINCHESTER_TEST_POSTGRES_URL",

@@ -14,7 +14,6 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
-import socket
 import threading
 import time
 import warnings
@@ -30,6 +29,7 @@ import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import free_port, require_service
 from winchester.api import create_app
 from winchester.clock import EventClock, FixedClock, WallClock
 from winchester.config import (
@@ -788,18 +788,12 @@ class Live:
             page.screenshot(path=str(directory / f"{name}.png"), full_page=full_page)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def live(seeded_file, tmp_path_factory) -> Iterator[Live]:
     """uvicorn in a thread on a free port, with tokens, over a copy of the seeded store."""
-    problem = chromium_problem()
-    if problem:
-        pytest.skip(problem)  # a failure under WINCHESTER_REQUIRE_SERVICES=1 (see conftest)
+    require_service(chromium_problem())  # skips locally, fails under WINCHESTER_REQUIRE_SERVICES=1
     path, seeded = seeded_file
     copy = tmp_path_factory.mktemp("live") / "live.db"
     shutil.copyfile(path, copy)

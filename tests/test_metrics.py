@@ -26,6 +26,7 @@ from tests.test_worker_cli import (  # noqa: F401 - isolated is an autouse fixtu
     nova,
     upgrade_and_ingest,
 )
+from tests.conftest import free_port
 from winchester.config import (
     build_distiller,
     load_pipeline_definitions,
@@ -148,10 +149,6 @@ def test_streams_by_state_come_from_the_database(served, monkeypatch):
     assert value(found, "winchester_streams", trigger="instance_life", state="active") == 3
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_a_standalone_worker_serves_metrics_on_its_port(tmp_path):
@@ -159,7 +156,7 @@ def test_a_standalone_worker_serves_metrics_on_its_port(tmp_path):
     with config.path.open("a") as extra:
         extra.write("api:\n  host: 127.0.0.1\npipeline_worker_delay: 0.1\n")
     upgrade_and_ingest(config, lifecycle(DAY))
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen([str(BIN / "winchester"), "worker", "-c", config.c, "--metrics-port",
                                 str(port), "--name", "w-metrics"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

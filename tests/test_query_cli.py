@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -12,6 +11,7 @@ import orjson
 import pytest
 import uvicorn
 
+from tests.conftest import free_port
 from tests.test_worker_cli import (  # noqa: F401 - isolated is an autouse fixture
     DAY,
     Config,
@@ -236,9 +236,7 @@ def api_url(loaded) -> Iterator[str]:
     triggers = load_trigger_definitions(settings)
     store = open_store(settings, triggers)
     app = create_app(store, tokens=[TOKEN], triggers=triggers)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -298,8 +296,6 @@ def test_remote_reset_all_errors_and_delete(loaded, api_url):
 
 
 def test_an_unreachable_api_exits_2(loaded):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     result = loaded.cli("streams", "list", "--url", f"http://127.0.0.1:{port}")
     assert result.exit_code == 2 and "cannot reach the API" in result.output

@@ -49,6 +49,7 @@ from tests.test_service_cli import (  # noqa: F401 - scripts is a fixture
     scripts,
     wait_until,
 )
+from tests.conftest import free_port
 from winchester.api import create_app
 from winchester.clock import FixedClock
 from winchester.config import (
@@ -384,12 +385,6 @@ def assert_no_secret(secrets: Secrets, *texts: str) -> None:
             assert secret not in text, f"{secret!r} printed:\n{text}"
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.rabbitmq

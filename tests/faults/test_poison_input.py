@@ -15,7 +15,6 @@ and their exit summaries. The HTTP test posts the same set to
 
 from __future__ import annotations
 
-import socket
 import uuid
 import warnings
 from collections import Counter
@@ -38,6 +37,7 @@ from tests.test_service_cli import (  # noqa: F401 - corner and scripts are fixt
     scripts,
     wait_until,
 )
+from tests.conftest import free_port
 from winchester.api import create_app
 from winchester.clock import WallClock
 from winchester.config import build_distiller, load_settings, load_trigger_definitions, open_store
@@ -251,10 +251,6 @@ def publish_raw(corner: Corner, bodies: list[bytes]) -> None:
                              content_type="application/json", content_encoding="binary")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def scrape(port: int) -> dict[tuple[str, frozenset], float]:
