@@ -122,6 +122,20 @@ def test_an_array_counts_accepted_unconverted_and_rejected_with_index(api):
     assert api.store.count_dead_letters() == 1
 
 
+def test_a_json_string_is_rejected_not_decoded_a_second_time(api):
+    """A JSON string holding an object, posted alone or in an array, is not a notification."""
+    inner = orjson.dumps(nova(1)).decode()
+    for body in (orjson.dumps(inner), orjson.dumps([inner, nova(2)])):
+        response = api.client.post(NOTIFICATIONS, content=body,
+                                   headers={"content-type": "application/json"})
+        assert response.status_code == 200, response.text
+        [rejection] = response.json()["rejections"]
+        assert rejection["index"] == 0 and rejection["reason"] == "not_an_object"
+        assert "not str" in rejection["detail"]
+    assert api.store.get_event("api-msg-00001") is None
+    assert api.store.count_events() == 1
+
+
 def test_json_lines_are_accepted(api):
     """JSON lines (application/x-ndjson): one notification per line, blank lines ignored."""
     body = b"\n".join(line(nova(n)) for n in range(5)) + b"\n\n"

@@ -110,6 +110,18 @@ def test_check_strict_fails_on_warnings(etc_copy):
     assert run("check", "--strict", "-c", str(winchester)).exit_code == 1
 
 
+def test_check_warns_of_an_unimportable_handler_no_pipeline_uses_yet(etc_copy):
+    """An unused pipeline_handlers entry that cannot be imported is a warning naming the entry."""
+    winchester = etc_copy / "winchester.yaml"
+    winchester.write_text(winchester.read_text()
+                          + "\npipeline_handlers:\n  spare: no_such_module_here:Handler\n")
+    result = run("check", "-c", str(winchester))
+    assert result.exit_code == 0, result.output
+    assert "pipeline_handlers > spare" in result.output
+    assert "cannot import 'no_such_module_here:Handler'" in result.output
+    assert run("check", "--strict", "-c", str(winchester)).exit_code == 1
+
+
 def test_check_reads_config_from_environment(monkeypatch):
     """WINCHESTER_CONFIG names the configuration when -c is not given."""
     monkeypatch.setenv("WINCHESTER_CONFIG", str(ETC / "winchester.yaml"))

@@ -171,6 +171,8 @@ def split_notifications(body: bytes) -> list[Any]:
         parsed = orjson.loads(stripped)
     except orjson.JSONDecodeError:
         return [line for line in (raw.strip() for raw in stripped.split(b"\n")) if line]
-    if isinstance(parsed, list):
-        return parsed
-    return [parsed]
+    items = parsed if isinstance(parsed, list) else [parsed]
+    # Anything but an object goes on as its own JSON text: a string must not
+    # be decoded a second time (a JSON string holding an object is not a
+    # notification), and the rejection then names what was actually sent.
+    return [item if isinstance(item, dict) else orjson.dumps(item) for item in items]

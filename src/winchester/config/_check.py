@@ -17,6 +17,7 @@ from winchester.config._components import (
 )
 from winchester.config._settings import Settings, load_settings
 from winchester.errors import ConfigError, Problem
+from winchester.pipelines import HandlerRegistry
 
 @dataclass
 class FileReport:
@@ -85,6 +86,7 @@ def check_configuration(config_file: str | Path) -> CheckReport:
         pipelines_report.path = Path(pipelines.file_name)
         pipelines_report.summary = f"{len(pipelines)} pipelines"
         pipelines_report.problems.extend(pipelines.warnings)
+    report.problems.extend(_unusable_handlers(settings))
 
     if settings.logging_config:
         file_report = FileReport(key="logging_config", path=None, summary="logging configuration")
@@ -98,3 +100,22 @@ def check_configuration(config_file: str | Path) -> CheckReport:
         except ConfigError as exc:
             file_report.problems.extend(exc.problems)
     return report
+
+
+def _unusable_handlers(settings: Settings) -> list[Problem]:
+    """``pipeline_handlers`` entries that cannot be imported.
+
+    Entries a pipeline uses are refused when the pipelines load; an entry no
+    pipeline names yet would only fail on the day one does, so say so now
+    (as a warning: nothing running needs it).
+    """
+    registry = HandlerRegistry(settings.pipeline_handlers)
+    found = []
+    for name, path in sorted(settings.pipeline_handlers.items()):
+        try:
+            registry.resolve(name)
+        except Exception as exc:  # noqa: BLE001 - an import runs arbitrary module code
+            found.append(Problem(
+                file=str(settings.source or "winchester.yaml"), where=f"pipeline_handlers > {name}",
+                message=f"cannot import {path!r}: {type(exc).__name__}: {exc}", severity="warning"))
+    return found
