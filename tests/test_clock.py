@@ -30,6 +30,7 @@ from winchester.store import Store
 ROOT = Path(__file__).resolve().parents[1]
 T0 = datetime(2015, 2, 1, 12, 0)
 HOUR = timedelta(hours=1)
+MINUTE = timedelta(minutes=1)
 
 
 # -- event time ------------------------------------------------------------------------------
@@ -132,6 +133,29 @@ def test_two_event_clocks_on_one_store_share_time(store):
     writer.observe(T0 + HOUR)
     writer.refresh()
     assert writer.now() == T0 + HOUR
+
+
+def test_a_batch_moves_the_shared_clock_only_as_far_as_its_own_events(migrated_url):
+    """Committing a batch while the next is already prepared (pipelined ingest) must not
+    publish the next batch's event time before its events are stored."""
+    from winchester.config import build_distiller, load_trigger_definitions, open_store
+    from winchester.services.ingest import Ingester
+
+    settings = load_settings(ROOT / "etc" / "winchester.yaml",
+                             environ={"WINCHESTER_DATABASE_URL": migrated_url})
+    triggers = load_trigger_definitions(settings)
+    store = open_store(settings, triggers)
+    try:
+        clock = EventClock(reader=lambda: store.read_clock(SHARED_EVENT_CLOCK))
+        ingester = Ingester(store, triggers, build_distiller(settings), clock)
+        first = ingester.prepare([_notification("i-1", T0), _notification("i-1", T0 + 10 * MINUTE)])
+        second = ingester.prepare([_notification("i-2", T0 + 40 * MINUTE)])
+        ingester.commit(first)
+        assert store.read_clock(SHARED_EVENT_CLOCK) == T0 + 10 * MINUTE
+        ingester.commit(second)
+        assert store.read_clock(SHARED_EVENT_CLOCK) == T0 + 40 * MINUTE
+    finally:
+        store.close()
 
 
 def _notification(instance: str, when: datetime) -> bytes:

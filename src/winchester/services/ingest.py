@@ -53,6 +53,10 @@ class PreparedBatch:
     items: list[IngestItem]
     outcome: BatchOutcome
     now: datetime
+    # The event clock as this batch left it: what its commit moves the shared
+    # clock to. Read at commit time instead, it could already include the
+    # next batch (prepared while this one is written) before that is stored.
+    clock_value: datetime | None = None
 
 
 @dataclass
@@ -166,7 +170,7 @@ class Ingester:
             else:
                 events.append(event)
         items = self._match(events, outcome)
-        return PreparedBatch(items, outcome, self.clock.now())
+        return PreparedBatch(items, outcome, self.clock.now(), self._clock_value())
 
     def commit(self, batch: PreparedBatch,
                dead_letter_source: Callable[[Rejected], str] | None = None) -> BatchOutcome:
@@ -181,8 +185,8 @@ class Ingester:
             {"source": dead_letter_source(r), "reason": r.reason, "detail": r.detail, "body": r.body}
             for r in outcome.rejected]
         clock = self.clock
-        shared = (SHARED_EVENT_CLOCK, clock.value()) if (
-            isinstance(clock, EventClock) and clock.shared and clock.is_set) else None
+        shared = (SHARED_EVENT_CLOCK, batch.clock_value) if (
+            isinstance(clock, EventClock) and clock.shared and batch.clock_value is not None) else None
         if batch.items or letters:
             started = time.perf_counter()
             outcome.stored = self.store.ingest(batch.items, letters, batch.now, clock=shared,
@@ -214,7 +218,12 @@ class Ingester:
         stats.stored_by_type.update(seen)
 
     def _store(self, events: list[Event], outcome: BatchOutcome) -> None:
-        self.commit(PreparedBatch(self._match(events, outcome), outcome, self.clock.now()))
+        items = self._match(events, outcome)
+        self.commit(PreparedBatch(items, outcome, self.clock.now(), self._clock_value()))
+
+    def _clock_value(self) -> datetime | None:
+        clock = self.clock
+        return clock.value() if isinstance(clock, EventClock) and clock.is_set else None
 
     def _match(self, events: list[Event], outcome: BatchOutcome) -> list[IngestItem]:
         items = []
