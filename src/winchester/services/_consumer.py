@@ -91,7 +91,7 @@ class Subscription:
         return exchanges, queues
 
 
-BatchHandler = Callable[[list[Delivery]], None]
+BatchHandler = Callable[[Any], None]
 
 
 class NotificationConsumer:
@@ -100,14 +100,22 @@ class NotificationConsumer:
     ``handle_batch`` must either store the whole batch (committed) or raise;
     when it raises the batch stays unacknowledged and is offered again after
     a back-off (the database may be down), for as long as it takes.
+
+    With ``prepare_batch``, each batch's deliveries go through it first, on
+    the consuming thread while the batch before is being stored, and
+    ``handle_batch`` gets what it returned: CPU work that needs no database
+    then overlaps the store's round trips. It must not raise for bad input
+    (if it raises anyway, ``handle_batch`` gets the deliveries themselves).
     """
 
     def __init__(self, url: str, subscription: Subscription, handle_batch: BatchHandler, *,
                  batch_size: int = 1000, batch_seconds: float = 1.0, name: str = "intake",
-                 connect_timeout: float = 5.0, sleep: Callable[[float], Any] | None = None):
+                 connect_timeout: float = 5.0, sleep: Callable[[float], Any] | None = None,
+                 prepare_batch: Callable[[list[Delivery]], Any] | None = None):
         self.url = url
         self.subscription = subscription
         self.handle_batch = handle_batch
+        self.prepare_batch = prepare_batch
         self.batch_size = batch_size
         self.batch_seconds = batch_seconds
         self.name = name
@@ -291,11 +299,18 @@ class NotificationConsumer:
         round trips and the broker's deliveries overlap instead of taking
         turns. At most two batches are unacknowledged (the prefetch allows it).
         """
+        work: Any = [delivery for delivery, _ in self._batch]
+        if self.prepare_batch is not None:
+            try:
+                work = self.prepare_batch(work)
+            except Exception:  # noqa: BLE001 - handle_batch then does it all, with its retries
+                logger.exception("%s: preparing a batch of %d failed; storing it unprepared",
+                                 self.name, len(work))
         # Settled first: if acknowledging fails (the broker went away), this
         # batch is still in hand and counted among the unacknowledged.
         self._settle()
         batch, self._batch = self._batch, []
-        future = self._store_thread.submit(self._store, [delivery for delivery, _ in batch])
+        future = self._store_thread.submit(self._store, work)
         self._in_flight = (future, batch)
 
     def _settle(self) -> None:
@@ -329,17 +344,17 @@ class NotificationConsumer:
             pass
         return len(batch)
 
-    def _store(self, deliveries: list[Delivery]) -> None:
+    def _store(self, work: Any) -> None:
         backoff = 1.0
         while True:
             try:
-                self.handle_batch(deliveries)
+                self.handle_batch(work)
                 return
             except Exception as exc:  # noqa: BLE001 - the batch stays unacknowledged; retry
                 self.stats.handler_failures += 1
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
                 logger.error("%s: could not store a batch of %d (%s); retrying in %.0fs", self.name,
-                             len(deliveries), self.stats.last_error, backoff,
+                             len(work), self.stats.last_error, backoff,
                              exc_info=not isinstance(exc, WinchesterError))
                 if self.stopping:
                     raise _Abandoned from exc

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -20,7 +21,7 @@ from winchester.clock import Clock, WallClock
 from winchester.config._settings import IntakeSettings, PersistorSettings
 from winchester.distill import NotificationRejected, decode_notification, read_envelope
 from winchester.services._consumer import Delivery, NotificationConsumer, Subscription
-from winchester.services.ingest import Ingester
+from winchester.services.ingest import Ingester, PreparedBatch
 from winchester.store import ARCHIVED, REJECTED, Store
 from winchester.timex import parse as parse_timex
 
@@ -36,19 +37,37 @@ def subscription(intake: IntakeSettings, queue: str | None = None) -> Subscripti
                         queue=intake.queue if queue is None else queue, durable=intake.durable)
 
 
+@dataclass
+class _PreparedDeliveries:
+    deliveries: Sequence[Delivery]
+    batch: PreparedBatch
+
+    def __len__(self) -> int:
+        return len(self.deliveries)
+
+
 class IngestService:
     """Notifications from the broker -> events and streams, a committed batch at a time."""
 
     def __init__(self, url: str, intake: IntakeSettings, ingester: Ingester, name: str = "ingest"):
         self.ingester = ingester
+        # Distilling a batch overlaps with storing the one before (measured
+        # with bench/intake.py: the figures are in the README).
         self.consumer = NotificationConsumer(url, subscription(intake), self.store_batch,
                                              batch_size=intake.batch_size,
-                                             batch_seconds=intake.batch_seconds, name=name)
+                                             batch_seconds=intake.batch_seconds, name=name,
+                                             prepare_batch=self.prepare_batch)
 
-    def store_batch(self, deliveries: Sequence[Delivery]) -> None:
+    def prepare_batch(self, deliveries: Sequence[Delivery]) -> _PreparedDeliveries:
+        """Distil and match (no database): on the consuming thread, in delivery order."""
+        return _PreparedDeliveries(deliveries,
+                                   self.ingester.prepare([delivery.body for delivery in deliveries]))
+
+    def store_batch(self, work: Sequence[Delivery] | _PreparedDeliveries) -> None:
+        prepared = work if isinstance(work, _PreparedDeliveries) else self.prepare_batch(work)
+        deliveries = prepared.deliveries
         # Rejected notifications go to the dead letters in the batch's own transaction.
-        prepared = self.ingester.prepare([delivery.body for delivery in deliveries])
-        self.ingester.commit(prepared, dead_letter_source=lambda rejected: _source(
+        self.ingester.commit(prepared.batch, dead_letter_source=lambda rejected: _source(
             deliveries[rejected.position]))
 
     def run(self) -> None:
