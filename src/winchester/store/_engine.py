@@ -60,13 +60,6 @@ def _sqlite_engine(url: URL, **options) -> Engine:
         cursor.execute("PRAGMA foreign_keys=ON")
         # 64 MB of page cache keeps the hot index pages of a busy store in memory.
         cursor.execute("PRAGMA cache_size=-65536")
-        # Checkpoint every ~40 MB of WAL instead of SQLite's 4 MB: a batch
-        # dirties index pages all over the file (random message ids), and a
-        # page changed by several batches between checkpoints is copied back
-        # once (bench/ingest.py, 200k notifications: 6.6-6.9k/s -> 7.9-8.0k/s).
-        # After a checkpoint the WAL file is cut back to 64 MB at most.
-        cursor.execute("PRAGMA wal_autocheckpoint=10000")
-        cursor.execute("PRAGMA journal_size_limit=67108864")
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")
