@@ -322,6 +322,38 @@ def test_the_in_memory_transport_feeds_ingest_too(parts):
 
 
 @pytest.mark.rabbitmq
+def test_the_next_batch_is_distilled_while_the_one_before_is_stored(broker, parts):
+    """Distilling does not wait for the database: batch 2 is prepared while batch 1 is being
+    stored, and both are stored, in order, once the store is free."""
+    settings, triggers, store = parts
+    ingester = Ingester(store, triggers, build_distiller(settings), FixedClock(NOW))
+    store_free = threading.Event()
+    prepared: list[int] = []
+    commit, prepare = ingester.commit, ingester.prepare
+
+    def slow_commit(batch, **options):
+        store_free.wait(30)
+        return commit(batch, **options)
+
+    def counted_prepare(bodies):
+        prepared.append(len(bodies))
+        return prepare(bodies)
+
+    ingester.commit, ingester.prepare = slow_commit, counted_prepare
+    service = IngestService(broker.url, broker.intake(batch_size=10), ingester)
+    thread = start(service)
+    try:
+        broker.publish([notification(n) for n in range(20)])
+        wait_until(lambda: len(prepared) == 2, timeout=15, what="the second batch distilled")
+        assert store.count_events() == 0  # the first batch is still being stored
+    finally:
+        store_free.set()
+    wait_until(lambda: store.count_events() == 20, what="20 events")
+    stop(service, thread)
+    assert prepared == [10, 10] and service.consumer.stats.acknowledged == 20
+
+
+@pytest.mark.rabbitmq
 def test_two_ingest_processes_share_a_queue_and_a_database(broker, parts):
     """Two consumers of one queue, one store: every notification stored once, none lost."""
     settings, triggers, store = parts
