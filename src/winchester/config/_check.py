@@ -19,6 +19,7 @@ from winchester.config._settings import Settings, load_settings
 from winchester.errors import ConfigError, Problem
 from winchester.pipelines import HandlerRegistry
 
+
 @dataclass
 class FileReport:
     key: str
@@ -86,7 +87,8 @@ def check_configuration(config_file: str | Path) -> CheckReport:
         pipelines_report.path = Path(pipelines.file_name)
         pipelines_report.summary = f"{len(pipelines)} pipelines"
         pipelines_report.problems.extend(pipelines.warnings)
-    report.problems.extend(_unusable_handlers(settings))
+        used = {entry.name for pipeline in pipelines.values() for entry in pipeline.entries}
+        report.problems.extend(_unusable_handlers(settings, used))
 
     if settings.logging_config:
         file_report = FileReport(key="logging_config", path=None, summary="logging configuration")
@@ -102,16 +104,18 @@ def check_configuration(config_file: str | Path) -> CheckReport:
     return report
 
 
-def _unusable_handlers(settings: Settings) -> list[Problem]:
-    """``pipeline_handlers`` entries that cannot be imported.
+def _unusable_handlers(settings: Settings, used: set[str]) -> list[Problem]:
+    """``pipeline_handlers`` entries no pipeline uses that cannot be imported.
 
-    Entries a pipeline uses are refused when the pipelines load; an entry no
-    pipeline names yet would only fail on the day one does, so say so now
-    (as a warning: nothing running needs it).
+    Entries a pipeline uses are refused when the pipelines load; an unused
+    one would only fail on the day a pipeline names it, so say so now (as a
+    warning: nothing running needs it).
     """
     registry = HandlerRegistry(settings.pipeline_handlers)
     found = []
     for name, path in sorted(settings.pipeline_handlers.items()):
+        if name in used:
+            continue
         try:
             registry.resolve(name)
         except Exception as exc:  # noqa: BLE001 - an import runs arbitrary module code

@@ -53,10 +53,11 @@ class PreparedBatch:
     items: list[IngestItem]
     outcome: BatchOutcome
     now: datetime
-    # The event clock as this batch left it: what its commit moves the shared
-    # clock to. Read at commit time instead, it could already include the
-    # next batch (prepared while this one is written) before that is stored.
-    clock_value: datetime | None = None
+    # The shared event clock as this batch left it (None when not shared):
+    # what its commit moves the store's clock to. Read at commit time
+    # instead, it could already include the next batch (prepared while this
+    # one is written) before that is stored.
+    shared_clock: datetime | None = None
 
 
 @dataclass
@@ -169,8 +170,7 @@ class Ingester:
                 outcome.unconverted += 1
             else:
                 events.append(event)
-        items = self._match(events, outcome)
-        return PreparedBatch(items, outcome, self.clock.now(), self._clock_value())
+        return self._prepared(events, outcome)
 
     def commit(self, batch: PreparedBatch,
                dead_letter_source: Callable[[Rejected], str] | None = None) -> BatchOutcome:
@@ -185,8 +185,7 @@ class Ingester:
             {"source": dead_letter_source(r), "reason": r.reason, "detail": r.detail, "body": r.body}
             for r in outcome.rejected]
         clock = self.clock
-        shared = (SHARED_EVENT_CLOCK, batch.clock_value) if (
-            isinstance(clock, EventClock) and clock.shared and batch.clock_value is not None) else None
+        shared = None if batch.shared_clock is None else (SHARED_EVENT_CLOCK, batch.shared_clock)
         if batch.items or letters:
             started = time.perf_counter()
             outcome.stored = self.store.ingest(batch.items, letters, batch.now, clock=shared,
@@ -218,12 +217,13 @@ class Ingester:
         stats.stored_by_type.update(seen)
 
     def _store(self, events: list[Event], outcome: BatchOutcome) -> None:
-        items = self._match(events, outcome)
-        self.commit(PreparedBatch(items, outcome, self.clock.now(), self._clock_value()))
+        self.commit(self._prepared(events, outcome))
 
-    def _clock_value(self) -> datetime | None:
+    def _prepared(self, events: list[Event], outcome: BatchOutcome) -> PreparedBatch:
+        items = self._match(events, outcome)  # moves the clock: read it after
         clock = self.clock
-        return clock.value() if isinstance(clock, EventClock) and clock.is_set else None
+        shared = clock.value() if isinstance(clock, EventClock) and clock.shared else None
+        return PreparedBatch(items, outcome, clock.now(), shared)
 
     def _match(self, events: list[Event], outcome: BatchOutcome) -> list[IngestItem]:
         items = []
