@@ -276,3 +276,51 @@ def test_a_failed_batch_leaves_no_stale_event_type(store, monkeypatch):
     result = store.ingest([IngestItem(event("m-1", event_type="brand.new.type"), [], datetime(2014, 8, 1))])
     assert result.saved == 1
     assert store.get_event("m-1")["event_type"] == "brand.new.type"
+
+
+def _events_in_the_database_file_alone(path, tmp_path) -> int:
+    """Events a copy of the main database file holds without its WAL (what was checkpointed)."""
+    import shutil
+    import sqlite3
+
+    copy = tmp_path / "file-only.db"
+    shutil.copyfile(path, copy)
+    with sqlite3.connect(copy) as connection:
+        return connection.execute("SELECT count(*) FROM events").fetchone()[0]
+
+
+def test_committed_batches_are_copied_into_the_sqlite_file_off_the_writers_thread(tmp_path):
+    """The WAL is checkpointed by the store's own thread, not left to a commit of the writer."""
+    path = tmp_path / "winchester.db"
+    url = f"sqlite:///{path}"
+    upgrade(create_engine(url))
+    store = Store.from_url(url)
+    try:
+        batch = [IngestItem(event(f"m-{n}"), [], datetime(2014, 8, 1)) for n in range(200)]
+        # Far fewer pages than the writers' own checkpoint waits for.
+        assert store.ingest(batch).saved == 200
+        store._checkpointer.close()  # waits for the checkpoint under way
+        assert _events_in_the_database_file_alone(path, tmp_path) == 200
+    finally:
+        store.close()
+
+
+def test_the_checkpoint_thread_ends_when_writes_stop(tmp_path):
+    import threading
+    import time
+
+    from winchester.store._engine import WalCheckpointer
+
+    path = tmp_path / "winchester.db"
+    upgrade(create_engine(f"sqlite:///{path}"))
+    checkpointer = WalCheckpointer(str(path), idle_seconds=0.05)
+    checkpointer.nudge()
+    assert any(t.name == "winchester-wal-checkpoint" for t in threading.enumerate())
+    deadline = time.monotonic() + 30
+    while any(t.name == "winchester-wal-checkpoint" for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "the idle checkpoint thread never ended"
+        time.sleep(0.01)
+    checkpointer.nudge()  # and a later commit starts it again
+    assert any(t.name == "winchester-wal-checkpoint" for t in threading.enumerate())
+    checkpointer.close()
+    assert not any(t.name == "winchester-wal-checkpoint" for t in threading.enumerate())

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
+import threading
 from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
 
 from winchester.errors import ConfigError, Problem
+
+logger = logging.getLogger(__name__)
+
+# A writer copies the WAL into the database itself only once it holds this many
+# pages (64 MB): normally the WalCheckpointer has done it long before.
+WAL_BACKSTOP_PAGES = 16384
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -60,6 +69,7 @@ def _sqlite_engine(url: URL, **options) -> Engine:
         cursor.execute("PRAGMA foreign_keys=ON")
         # 64 MB of page cache keeps the hot index pages of a busy store in memory.
         cursor.execute("PRAGMA cache_size=-65536")
+        cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_BACKSTOP_PAGES}")
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")
@@ -72,3 +82,91 @@ def _sqlite_engine(url: URL, **options) -> Engine:
 
 def is_postgresql(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
+
+
+def sqlite_file(engine: Engine) -> str | None:
+    """The file of an SQLite engine's database; None for other databases and in-memory ones."""
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database or ""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return str(Path(database).expanduser())
+
+
+class WalCheckpointer:
+    """Copies an SQLite database's write-ahead log into the database file on a thread of its own.
+
+    SQLite's own checkpoint runs inside the COMMIT of whichever write
+    crossed the WAL's size limit, so the ingest writer spent half its commit
+    time copying pages (measured: 18 of 36 us per notification at 100k).
+    A passive checkpoint from another connection copies the same pages while
+    the writer goes on with the next batch; it never blocks a reader or a
+    writer, and what it has not copied yet is still safe in the WAL. The
+    writers' own checkpoint stays as a backstop (``WAL_BACKSTOP_PAGES``) for
+    when this one cannot keep up. The thread ends when no commit has asked
+    for it for ``idle_seconds``, so a process that stops writing holds no
+    thread or connection for it.
+    """
+
+    def __init__(self, path: str, idle_seconds: float = 2.0):
+        self.path = path
+        self.idle_seconds = idle_seconds
+        self._wanted = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._warned = False
+
+    def nudge(self) -> None:
+        """A write was committed: checkpoint soon."""
+        with self._lock:
+            if self._closed:
+                return
+            self._wanted.set()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="winchester-wal-checkpoint",
+                                                daemon=True)
+                self._thread.start()
+
+    def close(self) -> None:
+        """Checkpoint once more (the last commits), then stop."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+            self._wanted.set()
+        if thread is not None:
+            thread.join()
+
+    def _run(self) -> None:
+        try:
+            connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            self._stop(f"cannot open {self.path} ({exc})")
+            return
+        try:
+            while True:
+                if not self._wanted.wait(self.idle_seconds):
+                    with self._lock:
+                        if not self._wanted.is_set():
+                            self._thread = None
+                            return
+                self._wanted.clear()
+                connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                with self._lock:
+                    if self._closed:
+                        self._thread = None
+                        return
+        except sqlite3.Error as exc:
+            self._stop(str(exc))
+        finally:
+            connection.close()
+
+    def _stop(self, reason: str) -> None:
+        # The writers' own checkpoint (the backstop) still keeps the WAL in bounds,
+        # and the next commit tries again: say so once, not on every commit.
+        logger.log(logging.DEBUG if self._warned else logging.WARNING,
+                   "background WAL checkpoint of %s stopped: %s", self.path, reason)
+        self._warned = True
+        with self._lock:
+            self._thread = None

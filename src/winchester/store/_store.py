@@ -25,7 +25,7 @@ from winchester.errors import TimexEvaluationError, WinchesterError
 from winchester.events import Event, encode_value
 from winchester.store import _migrate
 from winchester.store._bulk import TraitRow, writer_for
-from winchester.store._engine import create_engine, is_postgresql
+from winchester.store._engine import WalCheckpointer, create_engine, is_postgresql, sqlite_file
 from winchester.store._schema import activity
 from winchester.store._schema import clocks as clocks_table
 from winchester.store._schema import dead_letters as dead_letters_table
@@ -167,12 +167,16 @@ class Store(WorkQueue, ArchiveStore, QueryStore):
         self.wall_clock = WallClock()
         self.activity_source = f"{socket.gethostname()}-{os.getpid()}"[:KEY_LENGTH]
         self._next_activity_trim = datetime.min
+        path = sqlite_file(engine)
+        self._checkpointer = WalCheckpointer(path) if path else None
 
     @classmethod
     def from_url(cls, url: str, indexed_traits: Iterable[str] = (), **engine_options) -> Store:
         return cls(create_engine(url, **engine_options), indexed_traits)
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self.engine.dispose()
 
     # -- schema ------------------------------------------------------------------------
@@ -191,6 +195,8 @@ class Store(WorkQueue, ArchiveStore, QueryStore):
             connection = connection.execution_options(writes=True)
             with connection.begin():
                 yield connection
+        if self._checkpointer is not None:
+            self._checkpointer.nudge()
 
     @contextmanager
     def _reading(self) -> Iterator[Connection]:
