@@ -37,6 +37,7 @@ from winchester.config import (
     load_trigger_definitions,
     open_store,
 )
+from winchester.services import tune_garbage_collection
 from winchester.services.ingest import Ingester
 from winchester.store import create_engine, upgrade
 
@@ -65,6 +66,7 @@ def run(kind: str, args: argparse.Namespace) -> dict:
         engine.dispose()
         store = open_store(settings, triggers)
         ingester = Ingester(store, triggers, distiller, EventClock())
+        tune_garbage_collection()  # as `winchester ingest-file` does
 
         # More days than the count can need (every instance sends at least one
         # notification a day); generation is lazy, so unused days cost nothing.

@@ -42,7 +42,7 @@ def ingest_file(config_file: str, source: str, clock_kind: str | None, batch_siz
     """
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     total_bytes = capture_bytes(source)
-    parts = open_parts(config_file, console, distiller=True)
+    parts = open_parts(config_file, console, distiller=True, streaming=True)
     store = parts.store
     clock = clock_from_settings(parts.settings, store, clock_kind)
     ingester = Ingester(store, parts.triggers, parts.distiller, clock,

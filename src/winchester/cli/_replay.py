@@ -89,7 +89,7 @@ def replay(config_file: str, source: str, since: datetime | None, until: datetim
     if from_the_archive and unwrap:
         raise click.UsageError("--unwrap is for capture files; archived notifications are stored bare")
     total_bytes = None if from_the_archive else capture_bytes(source)
-    parts = open_parts(config_file, console, distiller=True, pipelines=run_workers)
+    parts = open_parts(config_file, console, distiller=True, pipelines=run_workers, streaming=True)
     settings, store = parts.settings, parts.store
     clock = clock_from_settings(settings, store, clock_kind)
     ingester = Ingester(store, parts.triggers, parts.distiller, clock,

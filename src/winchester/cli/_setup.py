@@ -19,6 +19,7 @@ from winchester.config import (
 )
 from winchester.errors import ConfigError, WinchesterError
 from winchester.logs import configure_logging
+from winchester.services import tune_garbage_collection
 from winchester.store import SchemaError, Store
 
 
@@ -32,11 +33,12 @@ class Parts:
 
 
 def open_parts(config_file: str, console: Console, *, distiller: bool = False,
-               pipelines: bool = False) -> Parts:
+               pipelines: bool = False, streaming: bool = False) -> Parts:
     """Load the configuration and open the store; on failure print why and exit 2.
 
     Every configuration problem is printed (file, definition, field), not
-    just the first.
+    just the first. ``streaming``: the command is about to process
+    notifications or streams in bulk (see :func:`tune_garbage_collection`).
     """
     try:
         settings = load_settings(config_file)
@@ -52,4 +54,6 @@ def open_parts(config_file: str, console: Console, *, distiller: bool = False,
     except (SchemaError, SQLAlchemyError, WinchesterError) as exc:
         console.print(f"error: {exc}", markup=False)
         sys.exit(2)
+    if streaming:
+        tune_garbage_collection()
     return Parts(settings, triggers, store, built_distiller, built_pipelines)
