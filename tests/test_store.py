@@ -324,3 +324,25 @@ def test_the_checkpoint_thread_ends_when_writes_stop(tmp_path):
     assert any(t.name == "winchester-wal-checkpoint" for t in threading.enumerate())
     checkpointer.close()
     assert not any(t.name == "winchester-wal-checkpoint" for t in threading.enumerate())
+
+
+def test_a_constraint_failure_inside_a_bulk_statement_stores_nothing_of_the_batch(store, monkeypatch):
+    """The rows a failing multi-row statement wrote before failing go with its transaction."""
+    from winchester.store import StoreError
+
+    writer = type(store._bulk)
+    original = writer.insert_members
+
+    def duplicated(self, connection, rows):
+        # The first row again at the end: the statement fails after writing the others.
+        original(self, connection, [*rows, rows[0]])
+
+    monkeypatch.setattr(writer, "insert_members", duplicated)
+    now = datetime(2014, 8, 1, 2)
+    batch = [IngestItem(event(f"m-{n}"), [_Match(f"k-{n % 3}")], now) for n in range(30)]
+    with pytest.raises(StoreError):
+        store.ingest(batch)
+    assert store.get_event("m-0") is None and store.list_streams() == []
+    monkeypatch.setattr(writer, "insert_members", original)
+    assert store.ingest(batch).saved == 30
+    assert sum(stream.event_count for stream in store.list_streams()) == 30

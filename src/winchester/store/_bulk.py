@@ -103,6 +103,12 @@ class SQLiteWriter(BulkWriter):
     interval each time (measured: 300x slower). One step per statement keeps
     the writer's GIL hand-overs to a handful per batch; reads that return many
     rows come back as one JSON document for the same reason.
+
+    The bulk statements say ``OR FAIL``: under SQLite's default (ABORT) a
+    statement that writes many rows first copies every page it touches to a
+    statement journal, so that a constraint failure can undo just that
+    statement (measured: more bytes than the WAL itself, 5% of ingest time).
+    Here a failure fails the whole batch, and its transaction is rolled back.
     """
 
     def known_message_ids(self, connection: Connection, message_ids: Sequence[str]) -> set[str]:
@@ -123,14 +129,15 @@ class SQLiteWriter(BulkWriter):
             return {}
         largest = _sqlite_high_water(connection, "events")
         inserted = {row[0]: largest + offset for offset, row in enumerate(fresh, 1)}
-        _sqlite_insert(connection, "INSERT INTO events (id, message_id, event_type_id, generated, traits)",
+        _sqlite_insert(connection,
+                       "INSERT OR FAIL INTO events (id, message_id, event_type_id, generated, traits)",
                        [(inserted[m], m, t, _sqlite_time(g), traits) for m, t, g, traits in fresh])
         return inserted
 
     def insert_traits(self, connection: Connection, rows: Sequence[TraitRow]) -> None:
         _sqlite_insert(
             connection,
-            "INSERT INTO event_traits (event_id, name, type, t_string, t_int, t_float, t_datetime)",
+            "INSERT OR FAIL INTO event_traits (event_id, name, type, t_string, t_int, t_float, t_datetime)",
             [(*row[:6], _sqlite_time(row[6])) for row in rows])
 
     def allocate_stream_ids(self, connection: Connection, count: int) -> list[int]:
@@ -140,7 +147,7 @@ class SQLiteWriter(BulkWriter):
     def insert_streams(self, connection: Connection, rows: Sequence[StreamRow]) -> None:
         _sqlite_insert(
             connection,
-            "INSERT INTO streams (id, trigger_name, dist_key, open_key, distinguishing_traits, "
+            "INSERT OR FAIL INTO streams (id, trigger_name, dist_key, open_key, distinguishing_traits, "
             "first_event, last_event, expire_timestamp, fire_timestamp, fire_counts, event_count, "
             "created_at, updated_at, state, state_serial, attempts)",
             [(*row[:5], *(_sqlite_time(t) for t in row[5:9]), row[9], row[10],
@@ -153,13 +160,13 @@ class SQLiteWriter(BulkWriter):
             connection.exec_driver_sql(
                 "WITH u (id, f, l, e, fa, c, n, now) AS (VALUES "
                 + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
-                + ") UPDATE streams SET first_event = u.f, last_event = u.l, expire_timestamp = u.e, "
+                + ") UPDATE OR FAIL streams SET first_event = u.f, last_event = u.l, expire_timestamp = u.e, "
                 "fire_timestamp = u.fa, fire_counts = u.c, event_count = u.n, updated_at = u.now "
                 "FROM u WHERE streams.id = u.id",
                 tuple(value for row in chunk for value in row))
 
     def insert_members(self, connection: Connection, rows: Sequence[tuple[int, int]]) -> None:
-        _sqlite_insert(connection, "INSERT INTO stream_events (stream_id, event_id)", rows)
+        _sqlite_insert(connection, "INSERT OR FAIL INTO stream_events (stream_id, event_id)", rows)
 
     def open_streams(self, connection: Connection, keys: Sequence[str]) -> list[OpenStreamRow]:
         found: list[OpenStreamRow] = []
