@@ -346,3 +346,70 @@ def test_a_constraint_failure_inside_a_bulk_statement_stores_nothing_of_the_batc
     monkeypatch.setattr(writer, "insert_members", original)
     assert store.ingest(batch).saved == 30
     assert sum(stream.event_count for stream in store.list_streams()) == 30
+
+
+def test_writers_sharing_a_turn_wait_for_it_on_sqlite(tmp_path):
+    """A write waits while another process holds the shared turn, and goes once it is released."""
+    import multiprocessing
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'winchester.db'}"
+    upgrade(create_engine(url))
+    store = Store.from_url(url)
+    turn = multiprocessing.get_context("spawn").Lock()
+    store.take_turns(turn)
+    written = threading.Event()
+
+    def write():
+        store.ingest([IngestItem(event("m-1"), [], datetime(2014, 8, 1))])
+        written.set()
+
+    try:
+        turn.acquire()
+        writer = threading.Thread(target=write)
+        writer.start()
+        assert not written.wait(0.5), "wrote while another process had the turn"
+        turn.release()
+        assert written.wait(30)
+        writer.join()
+        assert store.get_event("m-1") is not None
+        assert turn.acquire(timeout=0)  # given back after the write
+        turn.release()
+    finally:
+        store.close()
+
+
+def test_a_turn_never_given_back_delays_a_write_but_does_not_stop_it(tmp_path, monkeypatch):
+    import multiprocessing
+
+    from winchester.store import _store
+
+    monkeypatch.setattr(_store, "TURN_WAIT", timedelta(seconds=0.2))
+    url = f"sqlite:///{tmp_path / 'winchester.db'}"
+    upgrade(create_engine(url))
+    store = Store.from_url(url)
+    turn = multiprocessing.get_context("spawn").Lock()
+    turn.acquire()  # as by a process that died holding it
+    store.take_turns(turn)
+    try:
+        assert store.ingest([IngestItem(event("m-1"), [], datetime(2014, 8, 1))]).saved == 1
+    finally:
+        store.close()
+
+
+@pytest.mark.postgres
+def test_postgresql_writers_do_not_take_turns(postgres_url):
+    """PostgreSQL locks rows: a held turn does not hold its writes back."""
+    import multiprocessing
+
+    engine = create_engine(postgres_url)
+    upgrade(engine)
+    engine.dispose()
+    store = Store.from_url(postgres_url)
+    turn = multiprocessing.get_context("spawn").Lock()
+    turn.acquire()
+    store.take_turns(turn)
+    try:
+        assert store.ingest([IngestItem(event("m-1"), [], datetime(2014, 8, 1))]).saved == 1
+    finally:
+        store.close()

@@ -163,6 +163,7 @@ class Replayer:
         self._started = self._monotonic()
         new_streams_before = sum(self.ingester.stats.new_streams.values())
         if self.worker_process is not None:
+            self.ingester.store.take_turns(self.worker_process.turn)
             self.worker_process.start()
         # Distilling one batch overlaps with writing the one before: the
         # database work mostly releases the GIL. Not with a worker in this
@@ -377,10 +378,12 @@ class WorkerProcess:
         self._done = context.Event()
         self._stop = context.Event()
         self._results = context.Queue()
+        # The replay's writer and this worker take turns at SQLite's write lock (Store.take_turns).
+        self.turn = context.Lock()
         self._process = context.Process(
             target=_worker_process_main, name=f"winchester-{name}",
             args=(config_file, clock_kind, name, poll, record_every, self._done, self._stop,
-                  self._results), daemon=True)
+                  self._results, self.turn), daemon=True)
         self.stats: dict[str, Any] = {}
 
     def start(self) -> None:
@@ -416,7 +419,7 @@ class WorkerProcessError(RuntimeError):
 
 
 def _worker_process_main(config_file: str, clock_kind: str, name: str, poll: float,
-                         record_every: int, done: Any, stop: Any, results: Any) -> None:
+                         record_every: int, done: Any, stop: Any, results: Any, turn: Any) -> None:
     import os
     import signal
 
@@ -439,6 +442,7 @@ def _worker_process_main(config_file: str, clock_kind: str, name: str, poll: flo
         configure_logging(settings)
         triggers = load_trigger_definitions(settings)
         store = open_store(settings, triggers)
+        store.take_turns(turn)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which says it
         results.put({"error": f"{type(exc).__name__}: {exc}"})
         return
