@@ -30,7 +30,6 @@ from workload import Workload, WorkloadSpec
 from winchester.clock import EventClock
 from winchester.config import build_distiller, load_settings, load_trigger_definitions, open_store
 from winchester.config._settings import IntakeSettings, PersistorSettings
-from winchester.services import tune_garbage_collection
 from winchester.services.ingest import Ingester
 from winchester.services.intake import IngestService, Persistor
 from winchester.store import create_engine, upgrade
@@ -83,7 +82,6 @@ def run(kind: str, args: argparse.Namespace) -> None:
         triggers = load_trigger_definitions(settings)
         store = open_store(settings, triggers)
         ingester = Ingester(store, triggers, build_distiller(settings), EventClock())
-        tune_garbage_collection()  # as `winchester ingest` and `persistor` do
         ingest = IngestService(AMQP, intake, ingester)
         persistor = Persistor(AMQP, intake, replace(PersistorSettings(), queue=persistor_queue,
                                                     batch_size=args.batch_size), store)

@@ -37,7 +37,7 @@ def ingest(config_file: str, clock_kind: str, name: str | None, metrics_port: in
     SIGTERM/SIGINT: the batch in hand is committed and acknowledged, then it exits.
     """
     console = Console(stderr=True, highlight=False, soft_wrap=True)
-    parts = open_parts(config_file, console, distiller=True, streaming=True)
+    parts = open_parts(config_file, console, distiller=True)
     ingester = Ingester(parts.store, parts.triggers, parts.distiller,
                         clock_from_settings(parts.settings, parts.store, clock_kind),
                         timedelta(seconds=parts.settings.late_event_grace))
@@ -71,7 +71,7 @@ def persistor(config_file: str, name: str | None, metrics_port: int | None) -> N
     archive_retention when set.
     """
     console = Console(stderr=True, highlight=False, soft_wrap=True)
-    parts = open_parts(config_file, console, streaming=True)
+    parts = open_parts(config_file, console)
     service = Persistor(parts.settings.bus_url, parts.settings.intake, parts.settings.persistor,
                         parts.store, retention=parts.settings.archive_retention,
                         name=name or _default_name("persistor"))

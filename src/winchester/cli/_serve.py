@@ -68,7 +68,7 @@ def api(config_file: str, clock_kind: str, host: str | None, port: int | None) -
 def _serve(config_file: str, parts: tuple[str, ...] | None, clock_kind: str, host: str | None,
            port: int | None, load_file: Path | None) -> None:
     console = Console(stderr=True, highlight=False, soft_wrap=True)
-    loaded = open_parts(config_file, console, distiller=True, pipelines=True, streaming=True)
+    loaded = open_parts(config_file, console, distiller=True, pipelines=True)
     settings = loaded.settings
     loaded.store.close()
     chosen = parts or default_parts(settings.bus_url)

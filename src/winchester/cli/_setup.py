@@ -37,8 +37,8 @@ def open_parts(config_file: str, console: Console, *, distiller: bool = False,
     """Load the configuration and open the store; on failure print why and exit 2.
 
     Every configuration problem is printed (file, definition, field), not
-    just the first. ``streaming``: the command is about to process
-    notifications or streams in bulk (see :func:`tune_garbage_collection`).
+    just the first. ``streaming``: the command is about to read a file of
+    notifications (see :func:`tune_garbage_collection`).
     """
     try:
         settings = load_settings(config_file)

@@ -45,7 +45,7 @@ def worker(config_file: str, name: str, once: bool, now: datetime | None, batch_
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     if now is not None and not once:
         raise click.UsageError("--now needs --once (a running worker takes its time from the clock)")
-    parts = open_parts(config_file, console, pipelines=True, streaming=True)
+    parts = open_parts(config_file, console, pipelines=True)
     runner = build_worker(parts.settings, parts.store, parts.triggers, parts.pipelines, name=name,
                           clock=FixedClock(now) if now is not None else clock_from_settings(
                               parts.settings, parts.store),

@@ -9,13 +9,14 @@ YOUNG_COLLECTION_THRESHOLD = 50_000
 
 
 def tune_garbage_collection() -> None:
-    """Run the cycle collector less often, in a process about to stream notifications.
+    """Run the cycle collector less often, in a command about to read a file of notifications.
 
     Ingest allocates and frees (by reference counting) millions of small
     dicts and tuples; at CPython's default thresholds the collector scanned
-    them every few events, 5% of ingest time (bench/ingest.py). Winchester
-    makes almost no reference cycles, so collecting less often leaves memory
-    flat (the bench's RSS columns).
+    them every few events, 5% of `ingest-file`'s time (bench/ingest.py),
+    whose memory stays flat either way. Not for the services reading the
+    bus: their AMQP messages leave cycles, and collecting less often kept
+    20 MB more in each ingest process of bench/soak.py for no gain in rate.
     """
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, older, oldest)
