@@ -185,7 +185,7 @@ def run_cli(*args, env=None):
     return CliRunner().invoke(main, list(args), catch_exceptions=False, env=env)
 
 
-HEAD = "0004"
+HEAD = "0005"
 
 
 def test_db_commands_manage_the_schema(database_url):
@@ -198,10 +198,55 @@ def test_db_commands_manage_the_schema(database_url):
     assert run_cli("db", "current", "-c", config, env=env).output.strip() == f"{HEAD} (head)"
     history = run_cli("db", "history", "-c", config, env=env).output
     assert all(step in history for step in ("base -> 0001", "0001 -> 0002", "0002 -> 0003",
-                                            f"0003 -> {HEAD}"))
+                                            "0003 -> 0004", f"0004 -> {HEAD}"))
     assert "downgraded to 0001" in run_cli("db", "downgrade", "0001", "-c", config, env=env).output
     assert "downgraded to nothing" in run_cli("db", "downgrade", "base", "-c", config, env=env).output
     assert f"stamped at {HEAD}" in run_cli("db", "stamp", "head", "-c", config, env=env).output
+
+
+def test_migration_0005_rewrites_open_stream_keys_both_ways(database_url):
+    """Open streams keep getting their events across the key-order change, up and down."""
+    from winchester.store import create_engine, downgrade, upgrade
+    from winchester.triggers import distinguishing_from_json, distinguishing_key
+
+    engine = create_engine(database_url)
+    upgrade(engine)
+    settings = load_settings(CONFIG, environ={"WINCHESTER_DATABASE_URL": database_url})
+    triggers = load_trigger_definitions(settings)
+
+    def ingest(*notifications):
+        store = open_store(settings, triggers)
+        try:
+            Ingester(store, triggers, build_distiller(settings), FixedClock(DAY1 + timedelta(hours=6))
+                     ).add_notifications([orjson.dumps(n) for n in notifications])
+            return {s.distinguishing_traits["instance_id"]: s for s in store.list_streams()}
+        finally:
+            store.close()
+
+    def keys(ranges_first):
+        with engine.connect() as connection:
+            rows = connection.exec_driver_sql(
+                "SELECT trigger_name, distinguishing_traits, open_key, dist_key FROM streams "
+                "ORDER BY id").all()
+        for trigger_name, traits, open_key, dist_key in rows:
+            expected = distinguishing_key(trigger_name, distinguishing_from_json(orjson.loads(traits)),
+                                          ranges_first=ranges_first)
+            assert open_key == dist_key == expected
+        return [row[2] for row in rows]
+
+    try:
+        ingest(nova("compute.instance.update", "i-1", DAY1 + timedelta(hours=1)),
+               nova("compute.instance.update", "i-2", DAY1 + timedelta(hours=2)))
+        new_keys = keys(ranges_first=True)
+        assert all(key.startswith('["usage_audit","timestamp","r:') for key in new_keys)
+        downgrade(engine, "0004")
+        assert all(key.startswith('["usage_audit","instance_id","s:') for key in keys(False))
+        upgrade(engine)
+        assert keys(ranges_first=True) == new_keys
+        streams = ingest(nova("compute.instance.update", "i-1", DAY1 + timedelta(hours=3)))
+        assert len(streams) == 2 and streams["i-1"].event_count == 2  # joined, not a new stream
+    finally:
+        engine.dispose()
 
 
 def test_db_upgrade_sql_prints_instead_of_running(tmp_path):

@@ -923,11 +923,17 @@ def test_key_is_the_documented_canonical_text():
     key = distinguishing_key("usage_audit", {"timestamp": TimeRange(AUG1, AUG2),
                                              "instance_id": "i-1", "memory_mb": 512,
                                              "ratio": 0.5, "launched_at": AUG1})
+    # Time ranges first (one day's streams sort together), then by name.
     assert key == (
-        '["usage_audit","instance_id","s:i-1","launched_at","d:2014-08-01T00:00:00.000000",'
-        '"memory_mb","i:512","ratio","f:0.5",'
-        '"timestamp","r:2014-08-01T00:00:00.000000/2014-08-02T00:00:00.000000"]'
+        '["usage_audit","timestamp","r:2014-08-01T00:00:00.000000/2014-08-02T00:00:00.000000",'
+        '"instance_id","s:i-1","launched_at","d:2014-08-01T00:00:00.000000",'
+        '"memory_mb","i:512","ratio","f:0.5"]'
     )
+    # The form before migration 0005, which that migration rewrites.
+    assert distinguishing_key("usage_audit", {"timestamp": TimeRange(AUG1, AUG2), "instance_id": "i-1"},
+                              ranges_first=False) == (
+        '["usage_audit","instance_id","s:i-1",'
+        '"timestamp","r:2014-08-01T00:00:00.000000/2014-08-02T00:00:00.000000"]')
 
 
 def test_key_ignores_dict_order_and_includes_trigger_name():

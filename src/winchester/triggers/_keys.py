@@ -5,6 +5,8 @@ The store indexes that identity as a short text, so it must be the same in
 every process and every release, and two different identities must never
 share one: values are tagged with their type (``"1"`` and ``1`` differ) and
 names are sorted (a database may hand a JSON object back in another order).
+A change of the text needs a migration rewriting the keys of open streams
+(as 0005 did).
 """
 
 from __future__ import annotations
@@ -68,18 +70,31 @@ def typed_text(value: Any) -> str:
     raise TypeError(f"a distinguishing value cannot be a {cls.__name__}")
 
 
-def distinguishing_key(trigger_name: str, distinguishing: Mapping[str, Any]) -> str:
+def distinguishing_key(trigger_name: str, distinguishing: Mapping[str, Any], *,
+                       ranges_first: bool = True) -> str:
     """The canonical text identifying the stream of ``trigger_name`` with these traits.
 
     At most 255 ASCII characters: the readable form (a JSON array of the
-    trigger name, then each trait name and typed value, names sorted) when it
-    fits, otherwise ``sha256:<hex of that form>:<start of the trigger name>``.
+    trigger name, then each trait name and typed value) when it fits,
+    otherwise ``sha256:<hex of that form>:<start of the trigger name>``.
     The two forms cannot collide: the readable one always starts with ``[``.
+
+    Traits whose value is a time range (``timestamp: day``) come first, then
+    the others, each group sorted by name. The streams of one day then have
+    neighbouring keys, so the store's key indexes take a day's new streams
+    on a few pages instead of one page each (measured: 8-11% of SQLite's
+    ingest time). ``ranges_first=False`` is the order before migration 0005
+    (names only), for that migration.
     """
     # Written out rather than json.dumps(list): the same text (compact JSON,
     # ASCII only), at a third of the cost.
     parts = [_quote(trigger_name)]
-    for name in sorted(distinguishing):
+    if ranges_first:
+        names = sorted(distinguishing,
+                       key=lambda name: (not isinstance(distinguishing[name], TimeRange), name))
+    else:
+        names = sorted(distinguishing)
+    for name in names:
         parts.append(_quote(name))
         parts.append(_quote(typed_text(distinguishing[name])))
     text = "[" + ",".join(parts) + "]"
