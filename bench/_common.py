@@ -50,3 +50,26 @@ def busy_cpu_seconds() -> float:
     with open("/proc/stat") as stat:
         fields = [int(value) for value in stat.readline().split()[1:]]
     return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # less idle, iowait
+
+
+def example_ingester(url: str):
+    """The example configuration (etc/winchester.yaml) on a migrated database at ``url``:
+    its store and an Ingester on an event clock. Close the store when done."""
+    from winchester.clock import EventClock
+    from winchester.config import (
+        build_distiller,
+        load_settings,
+        load_trigger_definitions,
+        open_store,
+    )
+    from winchester.services.ingest import Ingester
+    from winchester.store import create_engine, upgrade
+
+    engine = create_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    settings = load_settings(ROOT / "etc" / "winchester.yaml",
+                             environ={"WINCHESTER_DATABASE_URL": url})
+    triggers = load_trigger_definitions(settings)
+    store = open_store(settings, triggers)
+    return store, Ingester(store, triggers, build_distiller(settings), EventClock())

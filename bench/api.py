@@ -35,26 +35,18 @@ import time
 import uuid
 from contextlib import ExitStack, contextmanager
 
-from _common import POSTGRES, ROOT, database
+from _common import POSTGRES, ROOT, database, example_ingester
 from workload import Workload, WorkloadSpec
 
 from winchester.clock import EventClock
-from winchester.config import build_distiller, load_settings, load_trigger_definitions, open_store
-from winchester.services.ingest import Ingester
+from winchester.config import load_settings, load_trigger_definitions, open_store
 from winchester.services.replay import Notification, Replayer
-from winchester.store import create_engine, upgrade
 
 TARGET_MS = 50.0
 
 
 def load(url: str, count: int, instances: int, seed: int) -> None:
-    settings = load_settings(ROOT / "etc" / "winchester.yaml", environ={"WINCHESTER_DATABASE_URL": url})
-    triggers = load_trigger_definitions(settings)
-    engine = create_engine(url)
-    upgrade(engine)
-    engine.dispose()
-    store = open_store(settings, triggers)
-    ingester = Ingester(store, triggers, build_distiller(settings), EventClock())
+    store, ingester = example_ingester(url)
     workload = Workload(WorkloadSpec(instances=instances, days=count // instances + 3, seed=seed),
                         detailed_truth=False)
     started = time.perf_counter()

@@ -27,19 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-from _common import ROOT, database
+from _common import database, example_ingester
 from workload import Workload, WorkloadSpec
 
-from winchester.clock import EventClock
-from winchester.config import (
-    build_distiller,
-    load_settings,
-    load_trigger_definitions,
-    open_store,
-)
 from winchester.services import tune_garbage_collection
-from winchester.services.ingest import Ingester
-from winchester.store import create_engine, upgrade
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -57,15 +48,7 @@ def run(kind: str, args: argparse.Namespace) -> dict:
     """Ingest ``args.count`` notifications into a fresh ``kind`` database; the figures as a dict."""
     checkpoints = sorted(set(args.rss_at))
     with database(kind) as url:
-        settings = load_settings(ROOT / "etc" / "winchester.yaml",
-                                 environ={"WINCHESTER_DATABASE_URL": url})
-        distiller = build_distiller(settings)
-        triggers = load_trigger_definitions(settings)
-        engine = create_engine(url)
-        upgrade(engine)
-        engine.dispose()
-        store = open_store(settings, triggers)
-        ingester = Ingester(store, triggers, distiller, EventClock())
+        store, ingester = example_ingester(url)
         tune_garbage_collection()  # as `winchester ingest-file` does
 
         # More days than the count can need (every instance sends at least one

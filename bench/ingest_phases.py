@@ -19,14 +19,11 @@ import itertools
 import time
 
 import sqlalchemy.engine.base as engine_base
-from _common import ROOT, database
+from _common import database, example_ingester
 from workload import Workload, WorkloadSpec
 
-from winchester.clock import EventClock
-from winchester.config import build_distiller, load_settings, load_trigger_definitions, open_store
 from winchester.services import tune_garbage_collection
-from winchester.services.ingest import Ingester
-from winchester.store import _bulk, _store, create_engine, upgrade
+from winchester.store import _bulk, _store
 
 spent: collections.Counter[str] = collections.Counter()
 
@@ -63,14 +60,7 @@ def main() -> None:
     timed(engine_base.Transaction, "commit", "COMMIT")
 
     with database(args.db) as url:
-        settings = load_settings(ROOT / "etc" / "winchester.yaml",
-                                 environ={"WINCHESTER_DATABASE_URL": url})
-        triggers = load_trigger_definitions(settings)
-        engine = create_engine(url)
-        upgrade(engine)
-        engine.dispose()
-        store = open_store(settings, triggers)
-        ingester = Ingester(store, triggers, build_distiller(settings), EventClock())
+        store, ingester = example_ingester(url)
         tune_garbage_collection()
         spec = WorkloadSpec(instances=args.instances, days=args.count // args.instances + 3)
         lines = itertools.islice(Workload(spec, detailed_truth=False).lines(), args.count)

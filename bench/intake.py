@@ -23,16 +23,12 @@ import time
 import uuid
 from dataclasses import replace
 
-from _common import ROOT, busy_cpu_seconds, database
+from _common import busy_cpu_seconds, database, example_ingester
 from kombu import Connection, Exchange, Producer
 from workload import Workload, WorkloadSpec
 
-from winchester.clock import EventClock
-from winchester.config import build_distiller, load_settings, load_trigger_definitions, open_store
 from winchester.config._settings import IntakeSettings, PersistorSettings
-from winchester.services.ingest import Ingester
 from winchester.services.intake import IngestService, Persistor
-from winchester.store import create_engine, upgrade
 
 AMQP = "amqp://guest:guest@127.0.0.1:5672//"
 
@@ -75,13 +71,7 @@ def run(kind: str, args: argparse.Namespace) -> None:
                             batch_size=args.batch_size, batch_seconds=1.0)
     persistor_queue = f"bench-persistor-{tag}"
     with database(kind) as url:
-        engine = create_engine(url)
-        upgrade(engine)
-        engine.dispose()
-        settings = load_settings(ROOT / "etc" / "winchester.yaml", environ={"WINCHESTER_DATABASE_URL": url})
-        triggers = load_trigger_definitions(settings)
-        store = open_store(settings, triggers)
-        ingester = Ingester(store, triggers, build_distiller(settings), EventClock())
+        store, ingester = example_ingester(url)
         ingest = IngestService(AMQP, intake, ingester)
         persistor = Persistor(AMQP, intake, replace(PersistorSettings(), queue=persistor_queue,
                                                     batch_size=args.batch_size), store)

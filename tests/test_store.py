@@ -278,6 +278,16 @@ def test_a_failed_batch_leaves_no_stale_event_type(store, monkeypatch):
     assert store.get_event("m-1")["event_type"] == "brand.new.type"
 
 
+def _migrated_sqlite_file(tmp_path) -> tuple[str, str]:
+    """(url, path) of a migrated SQLite file database."""
+    path = tmp_path / "winchester.db"
+    url = f"sqlite:///{path}"
+    engine = create_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    return url, str(path)
+
+
 def _events_in_the_database_file_alone(path, tmp_path) -> int:
     """Events a copy of the main database file holds without its WAL (what was checkpointed)."""
     import shutil
@@ -291,9 +301,7 @@ def _events_in_the_database_file_alone(path, tmp_path) -> int:
 
 def test_committed_batches_are_copied_into_the_sqlite_file_off_the_writers_thread(tmp_path):
     """The WAL is checkpointed by the store's own thread, not left to a commit of the writer."""
-    path = tmp_path / "winchester.db"
-    url = f"sqlite:///{path}"
-    upgrade(create_engine(url))
+    url, path = _migrated_sqlite_file(tmp_path)
     store = Store.from_url(url)
     try:
         batch = [IngestItem(event(f"m-{n}"), [], datetime(2014, 8, 1)) for n in range(200)]
@@ -311,9 +319,8 @@ def test_the_checkpoint_thread_ends_when_writes_stop(tmp_path):
 
     from winchester.store._engine import WalCheckpointer
 
-    path = tmp_path / "winchester.db"
-    upgrade(create_engine(f"sqlite:///{path}"))
-    checkpointer = WalCheckpointer(str(path), idle_seconds=0.05)
+    _, path = _migrated_sqlite_file(tmp_path)
+    checkpointer = WalCheckpointer(path, idle_seconds=0.05)
     checkpointer.nudge()
     assert any(t.name == "winchester-wal-checkpoint" for t in threading.enumerate())
     deadline = time.monotonic() + 30
@@ -353,8 +360,7 @@ def test_writers_sharing_a_turn_wait_for_it_on_sqlite(tmp_path):
     import multiprocessing
     import threading
 
-    url = f"sqlite:///{tmp_path / 'winchester.db'}"
-    upgrade(create_engine(url))
+    url, _ = _migrated_sqlite_file(tmp_path)
     store = Store.from_url(url)
     turn = multiprocessing.get_context("spawn").Lock()
     store.take_turns(turn)
@@ -385,8 +391,7 @@ def test_a_turn_never_given_back_delays_a_write_but_does_not_stop_it(tmp_path, m
     from winchester.store import _store
 
     monkeypatch.setattr(_store, "TURN_WAIT", timedelta(seconds=0.2))
-    url = f"sqlite:///{tmp_path / 'winchester.db'}"
-    upgrade(create_engine(url))
+    url, _ = _migrated_sqlite_file(tmp_path)
     store = Store.from_url(url)
     turn = multiprocessing.get_context("spawn").Lock()
     turn.acquire()  # as by a process that died holding it

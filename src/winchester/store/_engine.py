@@ -53,9 +53,9 @@ def create_engine(url: str | URL, **options) -> Engine:
 
 
 def _sqlite_engine(url: URL, **options) -> Engine:
-    database = url.database or ""
-    if database and database != ":memory:" and not database.startswith("file:"):
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    path = _sqlite_path(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url, **options)
 
     @sa.event.listens_for(engine, "connect")
@@ -84,14 +84,20 @@ def is_postgresql(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 
 
+def _sqlite_path(url: URL) -> Path | None:
+    # ``file:`` URIs can name memory databases too: left to SQLite.
+    database = url.database or ""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database).expanduser()
+
+
 def sqlite_file(engine: Engine) -> str | None:
     """The file of an SQLite engine's database; None for other databases and in-memory ones."""
     if engine.dialect.name != "sqlite":
         return None
-    database = engine.url.database or ""
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    return str(Path(database).expanduser())
+    path = _sqlite_path(engine.url)
+    return None if path is None else str(path)
 
 
 class WalCheckpointer:
