@@ -633,3 +633,33 @@ def test_a_generated_event_with_invalid_text_fails_its_stream_only(store):
     assert by_instance["b"].state == "completed"
     assert by_instance["a"].state == "error"
     assert "surrogate" in store.stream_errors([by_instance["a"].id])[by_instance["a"].id]
+
+
+@pytest.mark.postgres
+def test_a_batch_of_streams_is_read_by_index_however_stale_the_statistics(postgres_url):
+    """Before the first ANALYZE, PostgreSQL costs "stream_id = ANY(500 ids)" as every row;
+    the read must still look each stream up, not scan every membership and event."""
+    from winchester.store import create_engine, upgrade
+    from winchester.store._work import _pg_stream_events
+
+    engine = create_engine(postgres_url)
+    upgrade(engine)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("INSERT INTO event_types (id, name) VALUES (1, 'compute.start')")
+        connection.exec_driver_sql(
+            "INSERT INTO events (message_id, event_type_id, generated, traits) "
+            "SELECT 'm-' || n, 1, now(), '{}' FROM generate_series(1, 50000) AS n")
+        connection.exec_driver_sql(
+            "INSERT INTO stream_events (stream_id, event_id) "
+            "SELECT n / 4, n FROM generate_series(1, 50000) AS n")
+    query = _pg_stream_events(list(range(1, 501))).compile(dialect=engine.dialect)
+    with engine.connect() as connection:
+        plan = "\n".join(connection.exec_driver_sql("EXPLAIN " + str(query), query.params).scalars())
+        found = connection.execute(_pg_stream_events([1, 2])).all()
+        mode = connection.exec_driver_sql("SHOW plan_cache_mode").scalar()
+    engine.dispose()
+    assert "Seq Scan on stream_events" not in plan and "Seq Scan on events" not in plan, plan
+    assert [(row.stream_id, row.message_id) for row in found] == [
+        (1, "m-4"), (1, "m-5"), (1, "m-6"), (1, "m-7"), (2, "m-8"), (2, "m-9"), (2, "m-10"), (2, "m-11")]
+    # Statements the driver prepared while the tables were small are planned afresh each time.
+    assert mode == "force_custom_plan"

@@ -45,9 +45,16 @@ def create_engine(url: str | URL, **options) -> Engine:
             # Winchester runs many small, index-driven statements: starting
             # parallel query workers or JIT-compiling for them costs more CPU
             # than it saves (measured: most of the server's time in bench/worker.py).
+            # Every execution is planned for the tables as they are now: psycopg
+            # prepares a statement run five times, and PostgreSQL would then keep
+            # a generic plan costed when the tables were small (a new store, or
+            # no ANALYZE yet) while they grow a thousandfold under it (measured
+            # in bench/soak.py: stream updates and claims hash-joining the whole
+            # streams table). Planning these batch statements costs microseconds.
             with dbapi_connection.cursor() as cursor:
                 cursor.execute("SET jit = off")
                 cursor.execute("SET max_parallel_workers_per_gather = 0")
+                cursor.execute("SET plan_cache_mode = force_custom_plan")
             dbapi_connection.commit()
     return engine
 

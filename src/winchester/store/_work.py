@@ -468,18 +468,25 @@ def _delete_dependents(connection: Connection, stream_ids: Sequence[int]) -> Non
 
 
 def _pg_stream_events(stream_ids: Sequence[int]) -> Any:
-    # Each member looked up by primary key: a batch's streams hold a sliver of
-    # all events, but PostgreSQL's planner tends to hash-join the whole events
-    # table instead.
+    # Stream by stream, each membership and each event found by primary key.
+    # A batch's streams hold a sliver of all events, but with a plain join
+    # (or an ANY() filter) PostgreSQL hash-joins whole tables as soon as its
+    # estimates are off, as they are before the first ANALYZE: with no
+    # statistics, "stream_id = ANY(500 ids)" is costed as every row. OFFSET 0
+    # keeps each LATERAL subquery from being flattened into such a join.
+    ids = sa.bindparam("stream_ids", list(stream_ids), type_=postgresql.ARRAY(sa.BigInteger))
+    wanted = sa.func.unnest(ids).table_valued("id").render_derived(name="wanted")
+    first = sa.literal_column("0")
+    members = sa.lateral(sa.select(stream_events.c.stream_id, stream_events.c.event_id)
+                         .where(stream_events.c.stream_id == wanted.c.id)
+                         .offset(first)).alias("member")
     source = sa.lateral(sa.select(events.c.id, events.c.message_id, events.c.event_type_id,
                                   events.c.generated, events.c.traits)
-                        .where(events.c.id == stream_events.c.event_id))
-    return (sa.select(stream_events.c.stream_id, source.c.message_id, source.c.event_type_id,
+                        .where(events.c.id == members.c.event_id).offset(first)).alias("event")
+    return (sa.select(members.c.stream_id, source.c.message_id, source.c.event_type_id,
                       source.c.generated, source.c.traits)
-            .select_from(stream_events.join(source, sa.true()))
-            .where(stream_events.c.stream_id == sa.any_(
-                sa.bindparam("stream_ids", list(stream_ids), type_=postgresql.ARRAY(sa.BigInteger))))
-            .order_by(stream_events.c.stream_id, source.c.generated, source.c.id))
+            .select_from(wanted.join(members, sa.true()).join(source, sa.true()))
+            .order_by(members.c.stream_id, source.c.generated, source.c.id))
 
 
 def _chunks(values: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
