@@ -235,9 +235,13 @@ class PostgreSQLWriter(BulkWriter):
     into their table, rows that may conflict or update go through a temporary table."""
 
     @staticmethod
-    def _copy(connection: Connection, target: str, rows: Sequence[tuple]) -> None:
+    def _copy(connection: Connection, target: str, rows: Sequence[tuple],
+              binary_types: Sequence[str] | None = None) -> None:
         driver = connection.connection.driver_connection
-        with driver.cursor() as cursor, cursor.copy(f"COPY {target} FROM STDIN") as copy:
+        options = " (FORMAT BINARY)" if binary_types else ""
+        with driver.cursor() as cursor, cursor.copy(f"COPY {target} FROM STDIN{options}") as copy:
+            if binary_types:
+                copy.set_types(binary_types)
             for row in rows:
                 copy.write_row(row)
 
@@ -249,7 +253,8 @@ class PostgreSQLWriter(BulkWriter):
     def insert_events(self, connection: Connection, rows: Sequence[EventRow]) -> dict[str, int]:
         self._staging(connection, "incoming_events", "message_id varchar(255), "
                       "event_type_id integer, generated timestamp, traits text, ord serial")
-        self._copy(connection, "incoming_events (message_id, event_type_id, generated, traits)", rows)
+        self._copy(connection, "incoming_events (message_id, event_type_id, generated, traits)", rows,
+                   ("varchar", "int4", "timestamp", "text"))
         # Inserted in the batch's (message_id) order so concurrent ingesters
         # take index locks in the same order.
         driver = connection.connection.driver_connection
@@ -272,7 +277,7 @@ class PostgreSQLWriter(BulkWriter):
 
     def insert_traits(self, connection: Connection, rows: Sequence[TraitRow]) -> None:
         self._copy(connection, "event_traits (event_id, name, type, t_string, t_int, t_float, "
-                   "t_datetime)", rows)
+                   "t_datetime)", rows, ("int8", "varchar", "int2", "varchar", "int8", "float8", "timestamp"))
 
     def allocate_stream_ids(self, connection: Connection, count: int) -> list[int]:
         return list(connection.exec_driver_sql(
@@ -284,19 +289,22 @@ class PostgreSQLWriter(BulkWriter):
                    "distinguishing_traits, first_event, last_event, expire_timestamp, "
                    "fire_timestamp, fire_counts, event_count, created_at, updated_at, state, "
                    "state_serial, attempts)",
-                   [(*row, row[11], "active", 0, 0) for row in rows])
+                   [(*row, row[11], "active", 0, 0) for row in rows],
+                   ("int8", "varchar", "varchar", "varchar", "text", "timestamp", "timestamp", "timestamp",
+                    "timestamp", "text", "int4", "timestamp", "timestamp", "varchar", "int4", "int4"))
 
     def update_streams(self, connection: Connection, rows: Sequence[StreamUpdate]) -> None:
         self._staging(connection, "incoming_stream_updates", "id bigint, f timestamp, "
                       "l timestamp, e timestamp, fa timestamp, c text, n integer, now timestamp")
-        self._copy(connection, "incoming_stream_updates", rows)
+        self._copy(connection, "incoming_stream_updates", rows,
+                   ("int8", "timestamp", "timestamp", "timestamp", "timestamp", "text", "int4", "timestamp"))
         connection.exec_driver_sql(
             "UPDATE streams AS s SET first_event = u.f, last_event = u.l, expire_timestamp = u.e, "
             "fire_timestamp = u.fa, fire_counts = u.c, event_count = u.n, updated_at = u.now "
             "FROM incoming_stream_updates AS u WHERE s.id = u.id")
 
     def insert_members(self, connection: Connection, rows: Sequence[tuple[int, int]]) -> None:
-        self._copy(connection, "stream_events (stream_id, event_id)", rows)
+        self._copy(connection, "stream_events (stream_id, event_id)", rows, ("int8", "int8"))
 
     def open_streams(self, connection: Connection, keys: Sequence[str]) -> list[OpenStreamRow]:
         # open_key is set only while a stream accepts events (claiming or
@@ -317,8 +325,11 @@ class PostgreSQLWriter(BulkWriter):
         self._staging(connection, "incoming_archive", "received_at timestamp, message_id varchar(255), "
                       "event_type varchar(255), publisher_id varchar(255), generated timestamp, "
                       "status varchar(16), reason text, body bytea, ord serial")
+        # Binary: in text form every body would travel, and be parsed, as hex
+        # twice its size (measured: a third of the server's time per row).
         self._copy(connection, "incoming_archive (received_at, message_id, event_type, publisher_id, "
-                   "generated, status, reason, body)", rows)
+                   "generated, status, reason, body)", rows,
+                   ("timestamp", "varchar", "varchar", "varchar", "timestamp", "varchar", "text", "bytea"))
         return connection.exec_driver_sql(
             "INSERT INTO archive (received_at, message_id, event_type, publisher_id, generated, "
             "status, reason, body) SELECT received_at, message_id, event_type, publisher_id, "
