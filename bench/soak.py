@@ -26,26 +26,120 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
 
 import psycopg
 from _common import POSTGRES, ROOT
-from kombu import Connection, Exchange, Producer
+from kombu import Connection, Exchange
 from workload import Workload, WorkloadSpec
+
+from winchester.store._schema import STREAM_STATES
 
 AMQP = "amqp://guest:guest@127.0.0.1:5672//"
 BIN = Path(sys.executable).parent
 EXISTS = "compute.instance.exists"
 GENERATED = ("compute.instance.exists.verified", "compute.instance.exists.failed",
              "compute.instance.exists.warnings")  # what the usage handler emits
+
+
+class CpuMeter(threading.Thread):
+    """CPU seconds spent by each part of the system during the run, the broker and the
+    database server included: every process is sampled each second and its last reading
+    kept, so processes that end before the run does (PostgreSQL backends) still count."""
+
+    def __init__(self, names: dict[int, str], database: str | None = None):
+        super().__init__(daemon=True)
+        self.names, self.tick = names, os.sysconf("SC_CLK_TCK")
+        # Backends are told apart by the application_name their client set
+        # (PGAPPNAME, which Processes.start sets for each process).
+        self.database = psycopg.connect(database, autocommit=True) if database else None
+        self.backends: dict[int, str] = {}
+        self.before = self._sample()
+        self.latest: dict[int, tuple[str, float]] = {}
+        self.finished = threading.Event()
+
+    def _sample(self) -> dict[int, tuple[str, float]]:
+        found = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat") as stat:
+                    text = stat.read()
+            except OSError:
+                continue
+            pid, command = int(entry.name), text[text.index("(") + 1:text.rindex(")")]
+            fields = text[text.rindex(")") + 2:].split()
+            part = self.names.get(pid) or ("RabbitMQ" if command == "beam.smp" else
+                                          self.backends.get(pid, "PostgreSQL (other)")
+                                          if command.startswith("postgres") else
+                                          "publisher" if pid == os.getpid() else None)
+            if part:
+                found[pid] = (part, (int(fields[11]) + int(fields[12])) / self.tick)
+        return found
+
+    def _name_backends(self) -> None:
+        if self.database is not None:
+            self.backends.update(
+                (pid, f"PostgreSQL ({name.removeprefix('soak:')})") for pid, name in self.database.execute(
+                    "SELECT pid, application_name FROM pg_stat_activity "
+                    "WHERE application_name LIKE 'soak:%'").fetchall())
+
+    def run(self) -> None:
+        while not self.finished.wait(1):
+            self._name_backends()
+            self.latest.update(self._sample())
+
+    def stop(self) -> dict[str, float]:
+        self.finished.set()
+        self.join()
+        self._name_backends()
+        self.latest.update(self._sample())
+        if self.database is not None:
+            self.database.close()
+        spent: dict[str, float] = {}
+        for pid, (part, seconds) in self.latest.items():
+            spent[part] = spent.get(part, 0.0) + seconds - self.before.get(pid, (part, 0.0))[1]
+        return spent
+
+
+class RunningCount:
+    """The rows of a table, counted as they are added: each call counts only the ids above
+    a mark. Writers commit out of id order (two ingest processes), so the mark trails the
+    newest id by LAG seconds; a row that commits later than that would be missed, which
+    only delays the end of the run (the books count everything again)."""
+
+    LAG = 30.0
+
+    def __init__(self, table: str, condition: str = "true"):
+        self.table, self.condition = table, condition
+        self.below, self.mark = 0, 0  # rows with id <= mark
+        self.seen: list[tuple[float, int]] = []  # (when, newest id then)
+
+    def count(self, db, **params) -> int:
+        now = time.monotonic()
+        while self.seen and self.seen[0][0] < now - self.LAG:
+            _, newest = self.seen.pop(0)
+            if newest > self.mark:
+                self.below += db.execute(
+                    f"SELECT count(*) FROM {self.table} WHERE id > %(mark)s AND id <= %(newest)s "
+                    f"AND {self.condition}", {"mark": self.mark, "newest": newest, **params}).fetchone()[0]
+                self.mark = newest
+        above, newest = db.execute(
+            f"SELECT count(*), max(id) FROM {self.table} WHERE id > %(mark)s AND {self.condition}",
+            {"mark": self.mark, **params}).fetchone()
+        self.seen.append((now, newest or self.mark))
+        return self.below + above
 
 
 def rss_mb(pid: int) -> float:
@@ -102,7 +196,7 @@ class Processes:
         log = open(self.logs / f"{name}.log", "wb")
         self.running[name] = subprocess.Popen(
             [str(BIN / "winchester"), *command, "-c", str(self.config), "--name", name],
-            stdout=log, stderr=subprocess.STDOUT)
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PGAPPNAME": f"soak:{name}"})
 
     def check(self) -> None:
         for name, process in self.running.items():
@@ -132,22 +226,36 @@ def queue_exists(name: str) -> bool:
             return False
 
 
-def publish(exchange_name: str, topic: str, count: int, instances: int, seed: int,
-            published_at: dict[str, float], progress) -> float:
-    """Publish the workload; remembers when each .exists left. Returns the seconds taken."""
+def write_workload(path: Path, count: int, instances: int, seed: int) -> None:
+    """The notifications to publish, generated before the run: in production they come
+    from other machines, and generating them here would take CPU from the system measured."""
+    spec = WorkloadSpec(instances=instances, days=count // instances + 3, seed=seed)
+    with path.open("wb") as out:
+        for line in itertools.islice(Workload(spec, detailed_truth=False).lines(), count):
+            out.write(line + b"\n")
+
+
+def publish(exchange_name: str, topic: str, workload: Path, published_at: dict[str, float],
+            progress) -> float:
+    """Publish the workload file; remembers when each .exists left. Returns the seconds taken."""
+    import amqp
     import orjson
 
-    spec = WorkloadSpec(instances=instances, days=count // instances + 3, seed=seed)
-    lines = itertools.islice(Workload(spec, detailed_truth=False).lines(), count)
     exchange = Exchange(exchange_name, type="topic", durable=False)
+    routing_key = f"{topic}.info"
     started = time.perf_counter()
-    with Connection(AMQP) as connection:
-        producer = Producer(connection.channel(), exchange=exchange)
+    with Connection(AMQP) as connection, workload.open("rb") as lines:
+        channel = connection.channel()
+        exchange(channel).declare()
+        # The protocol library's own publish: kombu's Producer costs the
+        # publisher (and the broker, with the extra properties) more per message.
         for number, line in enumerate(lines, 1):
+            line = line.rstrip(b"\n")
             if b'"compute.instance.exists"' in line:
                 published_at[orjson.loads(line)["message_id"]] = time.time()
-            producer.publish(line, routing_key=f"{topic}.info", content_type="application/json",
-                             content_encoding="utf-8", delivery_mode=2)
+            channel.basic_publish(amqp.Message(line, content_type="application/json",
+                                               content_encoding="utf-8", delivery_mode=2),
+                                  exchange=exchange_name, routing_key=routing_key)
             if number % 10_000 == 0:
                 progress(number)
     return time.perf_counter() - started
@@ -165,12 +273,16 @@ def main() -> None:
     schema = f"soak_{tag}"
     with psycopg.connect(POSTGRES, autocommit=True) as connection:
         connection.execute(f'CREATE SCHEMA "{schema}"')
-    db = psycopg.connect(f"{POSTGRES}?options=-csearch_path%3D{schema}", autocommit=True)
+    db = psycopg.connect(f"{POSTGRES}?options=-csearch_path%3D{schema}&application_name=soak:progress",
+                         autocommit=True)
     directory = Path(tempfile.mkdtemp(prefix="winchester-soak-"))
     config = configure(directory, schema, tag)
     subprocess.run([str(BIN / "winchester"), "db", "upgrade", "-c", str(config)], check=True,
                    stdout=subprocess.DEVNULL)
     db.execute("CREATE TABLE soak_fired (stream_id bigint, committed_at double precision, exists_id text)")
+    workload = directory / "workload.jsonl"
+    print(f"generating {args.count:,} notifications of the workload...", file=sys.stderr, flush=True)
+    write_workload(workload, args.count, args.instances, args.seed)
     processes = Processes(config, directory)
     for name, command in (("ingest-1", "ingest"), ("ingest-2", "ingest"), ("persistor", "persistor"),
                           ("worker-1", "worker"), ("worker-2", "worker")):
@@ -191,18 +303,28 @@ def main() -> None:
             if number % 100_000 == 0:
                 print(f"  published {number:,}", file=sys.stderr, flush=True)
 
+        meter = CpuMeter({process.pid: name for name, process in processes.running.items()},
+                         f"{POSTGRES}?application_name=soak:meter")
+        meter.start()
         started = time.time()
-        publish_seconds = publish(f"soak-nova-{tag}", f"soak-notifications-{tag}", args.count,
-                                  args.instances, args.seed, published_at, progress)
+        publish_seconds = publish(f"soak-nova-{tag}", f"soak-notifications-{tag}", workload,
+                                  published_at, progress)
         print(f"published {args.count:,} notifications in {publish_seconds:.0f}s "
               f"({args.count / publish_seconds:,.0f}/s)", file=sys.stderr)
 
+        archived_rows = RunningCount("archive")
+        stored_rows = RunningCount("events", "event_type_id NOT IN (SELECT id FROM event_types "
+                                             "WHERE name = ANY(%(generated)s))")
+        not_completed = [state for state in STREAM_STATES if state != "completed"]
+
         def figures() -> tuple[int, int, int]:
-            archived = db.execute("SELECT count(*) FROM archive").fetchone()[0]
-            stored = db.execute("SELECT count(*) FROM events e JOIN event_types t ON t.id = e.event_type_id "
-                                "WHERE t.name <> ALL(%s)", (list(GENERATED),)).fetchone()[0]
-            waiting = db.execute("SELECT count(*) FROM streams WHERE fire_timestamp IS NOT NULL "
-                                 "AND state <> 'completed'").fetchone()[0]
+            # Counted without rereading the tables each second (a million
+            # archived bodies are gigabytes): only rows added since, and the
+            # ready streams through the (state, fire_timestamp) index.
+            archived = archived_rows.count(db)
+            stored = stored_rows.count(db, generated=list(GENERATED))
+            waiting = db.execute("SELECT count(*) FROM streams WHERE state = ANY(%s) "
+                                 "AND fire_timestamp IS NOT NULL", (not_completed,)).fetchone()[0]
             return archived, stored, waiting
 
         stored_at = fired_at = None
@@ -225,6 +347,7 @@ def main() -> None:
                 sys.exit(f"no progress for 120s: {current}; logs in {directory}")
             time.sleep(1)
         rss_end = processes.rss()
+        cpu = meter.stop()
     finally:
         processes.stop()
 
@@ -258,6 +381,13 @@ def main() -> None:
         f"{name} {rss_start.get(name, 0):.0f} -> {rss_end[name]:.0f} "
         f"({100 * (rss_end[name] / rss_start[name] - 1) if rss_start.get(name) else 0:+.0f}%)"
         for name in rss_end))
+    print(f"CPU, µs per notification ({sum(cpu.values()) / (fired_at - started):.2f} of 2 cores busy): "
+          + ", ".join(f"{part} {1e6 * seconds / args.count:,.0f}"
+                      for part, seconds in sorted(cpu.items(), key=lambda item: -item[1]))
+          + f"; all {1e6 * sum(cpu.values()) / args.count:,.0f}")
+    services = sum(seconds for part, seconds in cpu.items() if part.startswith(("RabbitMQ", "PostgreSQL")))
+    print(f"RabbitMQ and PostgreSQL alone: {1e6 * services / args.count:,.0f} µs per notification, "
+          f"so at most {2 * args.count / services:,.0f} notifications/s on 2 cores if nothing else ran")
     print("streams: " + ", ".join(f"{state} {n:,}" for state, n in sorted(states.items())))
     books = {
         "archived once each": archived == archived_distinct == args.count,

@@ -34,6 +34,9 @@ class Recorder:
         connection = _connections.get(self.url)
         if connection is None or connection.closed:
             connection = _connections[self.url] = psycopg.connect(self.url, autocommit=True)
+            # The soak's ledger, not Winchester's data: waiting for its disk
+            # flush on every fire would make the workers wait on the bench.
+            connection.execute("SET synchronous_commit = off")
         connection.execute(f"INSERT INTO {TABLE} (stream_id, committed_at, exists_id) VALUES (%s, %s, %s)",
                            (self.pending[0], time.time(), self.pending[1]))
         self.pending = None
