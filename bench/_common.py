@@ -73,3 +73,62 @@ def example_ingester(url: str):
     triggers = load_trigger_definitions(settings)
     store = open_store(settings, triggers)
     return store, Ingester(store, triggers, build_distiller(settings), EventClock())
+
+
+class Autovacuum:
+    """What PostgreSQL's autovacuum daemon does, for a server that runs with it off
+    (this machine's does): every ``interval`` seconds, each table of ``schema`` past
+    autovacuum's default thresholds is vacuumed or analyzed. Without it, every updated
+    stream leaves a dead row behind and the tables are never analyzed, which no
+    production server (autovacuum is on by default) sees. Runs on its own connection,
+    named ``application_name`` so its CPU can be told apart.
+    """
+
+    # PostgreSQL's defaults: autovacuum_vacuum_threshold / _scale_factor, the insert
+    # variants (PostgreSQL 13+), autovacuum_analyze_threshold / _scale_factor.
+    VACUUM, VACUUM_SCALE = 50, 0.2
+    INSERT_VACUUM, INSERT_VACUUM_SCALE = 1000, 0.2
+    ANALYZE, ANALYZE_SCALE = 50, 0.1
+
+    def __init__(self, schema: str, interval: float = 60.0, application_name: str = "autovacuum"):
+        # 60 s: autovacuum_naptime, how often the daemon looks at a database.
+        import threading
+
+        self.schema, self.interval, self.application_name = schema, interval, application_name
+        self.vacuums = self.analyzes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def needed() -> bool:
+        import psycopg
+
+        with psycopg.connect(POSTGRES, autocommit=True) as connection:
+            return connection.execute("SHOW autovacuum").fetchone()[0] != "on"
+
+    def start(self) -> "Autovacuum":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        import psycopg
+
+        with psycopg.connect(f"{POSTGRES}?application_name={self.application_name}",
+                             autocommit=True) as connection:
+            while not self._stop.wait(self.interval):
+                due = connection.execute(
+                    "SELECT relname, n_live_tup, n_dead_tup, n_ins_since_vacuum, n_mod_since_analyze "
+                    "FROM pg_stat_user_tables WHERE schemaname = %s", (self.schema,)).fetchall()
+                for table, live, dead, inserted, modified in due:
+                    vacuum = (dead > self.VACUUM + self.VACUUM_SCALE * live
+                              or inserted > self.INSERT_VACUUM + self.INSERT_VACUUM_SCALE * live)
+                    analyze = modified > self.ANALYZE + self.ANALYZE_SCALE * live
+                    if vacuum or analyze:
+                        command = "VACUUM (ANALYZE)" if vacuum and analyze else "VACUUM" if vacuum else "ANALYZE"
+                        connection.execute(f'{command} "{self.schema}"."{table}"')
+                        self.vacuums += vacuum
+                        self.analyzes += analyze

@@ -39,7 +39,7 @@ import uuid
 from pathlib import Path
 
 import psycopg
-from _common import POSTGRES, ROOT
+from _common import POSTGRES, ROOT, Autovacuum
 from kombu import Connection, Exchange
 from workload import Workload, WorkloadSpec
 
@@ -267,6 +267,9 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=20150201)
     parser.add_argument("--keep", action="store_true", help="Keep the schema and the logs.")
+    parser.add_argument("--no-vacuum", action="store_true",
+                        help="When the server runs without autovacuum, do not do its work either "
+                             "(by default the soak does, as a production server would)")
     args = parser.parse_args()
 
     tag = uuid.uuid4().hex[:8]
@@ -306,6 +309,11 @@ def main() -> None:
         meter = CpuMeter({process.pid: name for name, process in processes.running.items()},
                          f"{POSTGRES}?application_name=soak:meter")
         meter.start()
+        vacuuming = None
+        if not args.no_vacuum and Autovacuum.needed():
+            vacuuming = Autovacuum(schema, application_name="soak:autovacuum").start()
+            print("the server runs with autovacuum off: the soak vacuums and analyzes at autovacuum's "
+                  "default thresholds, its CPU counted as PostgreSQL (autovacuum)", file=sys.stderr)
         started = time.time()
         publish_seconds = publish(f"soak-nova-{tag}", f"soak-notifications-{tag}", workload,
                                   published_at, progress)
@@ -348,6 +356,8 @@ def main() -> None:
             time.sleep(1)
         rss_end = processes.rss()
         cpu = meter.stop()
+        if vacuuming:
+            vacuuming.stop()
     finally:
         processes.stop()
 
@@ -388,6 +398,9 @@ def main() -> None:
     services = sum(seconds for part, seconds in cpu.items() if part.startswith(("RabbitMQ", "PostgreSQL")))
     print(f"RabbitMQ and PostgreSQL alone: {1e6 * services / args.count:,.0f} µs per notification, "
           f"so at most {2 * args.count / services:,.0f} notifications/s on 2 cores if nothing else ran")
+    if vacuuming:
+        print(f"autovacuum's work, done by the soak: {vacuuming.vacuums} vacuums, "
+              f"{vacuuming.analyzes} analyzes")
     print("streams: " + ", ".join(f"{state} {n:,}" for state, n in sorted(states.items())))
     books = {
         "archived once each": archived == archived_distinct == args.count,
