@@ -54,7 +54,8 @@ def create_engine(url: str | URL, **options) -> Engine:
             with dbapi_connection.cursor() as cursor:
                 cursor.execute("SET jit = off")
                 cursor.execute("SET max_parallel_workers_per_gather = 0")
-                cursor.execute("SET plan_cache_mode = force_custom_plan")
+                if dbapi_connection.info.server_version >= 120000:  # the setting's first release
+                    cursor.execute("SET plan_cache_mode = force_custom_plan")
             dbapi_connection.commit()
     return engine
 
