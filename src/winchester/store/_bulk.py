@@ -32,6 +32,8 @@ StreamRow = tuple[int, str, str, str | None, str, datetime, datetime, datetime, 
                   str, int, datetime]
 # (id, first, last, expire, fire_at, fire_counts, event_count, now)
 StreamUpdate = tuple[int, datetime, datetime, datetime, datetime | None, str, int, datetime]
+# (stream_id, at, state, previous_state, actor, detail)
+HistoryRow = tuple[int, datetime, str, str | None, str | None, str | None]
 
 _LOOKUP_CHUNK = 5000
 
@@ -73,6 +75,10 @@ class BulkWriter:
 
     def insert_archive(self, connection: Connection, rows: Sequence[ArchiveRow]) -> int:
         """Archive raw notifications, skipping a message_id already kept; how many were added."""
+        raise NotImplementedError
+
+    def insert_history(self, connection: Connection, rows: Sequence[HistoryRow]) -> None:
+        """Streams' state changes, in order (two per stream run: claimed, then finished)."""
         raise NotImplementedError
 
 
@@ -187,6 +193,11 @@ class SQLiteWriter(BulkWriter):
             "status, reason, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING",
             [(_sqlite_time(row[0]), *row[1:4], _sqlite_time(row[4]), *row[5:]) for row in rows])
         return cursor.rowcount
+
+    def insert_history(self, connection: Connection, rows: Sequence[HistoryRow]) -> None:
+        _sqlite_insert(connection, "INSERT OR FAIL INTO stream_history (stream_id, at, state, "
+                       "previous_state, actor, detail)",
+                       [(row[0], _sqlite_time(row[1]), *row[2:]) for row in rows])
 
 
 def _sqlite_variable_limit(connection: Connection) -> int:
@@ -335,6 +346,10 @@ class PostgreSQLWriter(BulkWriter):
             "status, reason, body) SELECT received_at, message_id, event_type, publisher_id, "
             "generated, status, reason, body FROM incoming_archive ORDER BY ord "
             "ON CONFLICT (message_id) DO NOTHING").rowcount
+
+    def insert_history(self, connection: Connection, rows: Sequence[HistoryRow]) -> None:
+        self._copy(connection, "stream_history (stream_id, at, state, previous_state, actor, detail)",
+                   rows, ("int8", "timestamp", "varchar", "varchar", "varchar", "text"))
 
 
 def writer_for(dialect: str) -> BulkWriter:

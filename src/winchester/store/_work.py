@@ -36,6 +36,7 @@ from winchester.store._schema import (
     stream_history,
     streams,
 )
+from winchester.store._bulk import HistoryRow, writer_for
 from winchester.store._schema import KEY_LENGTH
 from winchester.triggers import distinguishing_from_json
 
@@ -450,14 +451,15 @@ def event_from_columns(message_id: str, event_type: str, generated: datetime, tr
 
 
 def _history_row(stream_id: int, at: datetime, state: str, previous: str | None, actor: str | None,
-                 detail: str | None) -> dict[str, Any]:
-    return {"stream_id": stream_id, "at": at, "state": state, "previous_state": previous,
-            "actor": actor[:KEY_LENGTH] if actor else actor, "detail": detail}
+                 detail: str | None) -> HistoryRow:
+    return (stream_id, at, state, previous, actor[:KEY_LENGTH] if actor else actor, detail)
 
 
-def _record_history(connection: Connection, rows: list[dict[str, Any]]) -> None:
+def _record_history(connection: Connection, rows: list[HistoryRow]) -> None:
+    # Through the bulk writer (COPY, or one multi-row INSERT): as one executemany
+    # the two rows per stream run cost the worker more than running the stream.
     if rows:
-        connection.execute(stream_history.insert(), rows)
+        writer_for(connection.dialect.name).insert_history(connection, rows)
 
 
 def _delete_dependents(connection: Connection, stream_ids: Sequence[int]) -> None:
