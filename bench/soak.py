@@ -298,11 +298,14 @@ def main() -> None:
                 sys.exit(f"the consumers did not declare their queues within 60s; logs in {directory}")
             time.sleep(0.2)
         rss_start: dict[str, float] = {}
+        rss_middle: dict[str, float] = {}
         published_at: dict[str, float] = {}
 
         def progress(number: int) -> None:
             if number >= args.count // 10 and not rss_start:
                 rss_start.update(processes.rss())
+            if number >= args.count // 2 and not rss_middle:
+                rss_middle.update(processes.rss())
             if number % 100_000 == 0:
                 print(f"  published {number:,}", file=sys.stderr, flush=True)
 
@@ -387,9 +390,9 @@ def main() -> None:
         print(f"publish .exists -> fired: p50 {statistics.median(latencies):.2f}s, "
               f"p99 {latencies[int(0.99 * (len(latencies) - 1))]:.2f}s, max {latencies[-1]:.2f}s "
               f"({len(latencies):,} streams)")
-    print("RSS MB at 10% -> end:  " + ", ".join(
-        f"{name} {rss_start.get(name, 0):.0f} -> {rss_end[name]:.0f} "
-        f"({100 * (rss_end[name] / rss_start[name] - 1) if rss_start.get(name) else 0:+.0f}%)"
+    print("RSS MB at 10% -> 50% -> end:  " + ", ".join(
+        f"{name} {rss_start.get(name, 0):.0f} -> {rss_middle.get(name, 0):.0f} -> {rss_end[name]:.0f} "
+        f"({100 * (rss_end[name] / rss_start[name] - 1) if rss_start.get(name) else 0:+.1f}%)"
         for name in rss_end))
     print(f"CPU, µs per notification ({sum(cpu.values()) / (fired_at - started):.2f} of 2 cores busy): "
           + ", ".join(f"{part} {1e6 * seconds / args.count:,.0f}"
