@@ -36,7 +36,7 @@ from winchester.store._schema import (
     stream_history,
     streams,
 )
-from winchester.store._bulk import HistoryRow, writer_for
+from winchester.store._bulk import BulkWriter, HistoryRow
 from winchester.store._schema import KEY_LENGTH
 from winchester.triggers import distinguishing_from_json
 
@@ -88,9 +88,11 @@ class StreamOutcome:
 class WorkQueue:
     """The worker side of :class:`winchester.store.Store` (mixed into it)."""
 
-    # Provided by Store, with _retrying (run a write transaction, retrying what a retry cures).
+    # Provided by Store, with _retrying (run a write transaction, retrying what a retry cures)
+    # and _bulk (its database's bulk writer).
     engine: Any
     _postgresql: bool
+    _bulk: BulkWriter
 
     def claim_streams(self, action: str, worker: str, now: datetime, wall_now: datetime,
                       lease_until: datetime, limit: int, max_attempts: int = 5,
@@ -121,7 +123,7 @@ class WorkQueue:
                     .values(state=error_state, state_serial=streams.c.state_serial + 1,
                             claimed_by=None, claim_expires=None, updated_at=now, last_error=reason)
                     .returning(streams.c.id)).scalars())
-                _record_history(connection, [
+                self._record_history(connection, [
                     _history_row(stream_id, now, error_state, claimed_state, worker, reason)
                     for stream_id in gone])
             candidates = [row for row in lapsed if row[3] < max_attempts]
@@ -172,7 +174,7 @@ class WorkQueue:
                     expire_timestamp=row.expire_timestamp, fire_timestamp=row.fire_timestamp)
                     for row in rows)
             claimed.sort(key=lambda stream: stream.id)
-            _record_history(connection, [
+            self._record_history(connection, [
                 _history_row(stream.id, now, claimed_state, stream.previous_state, worker,
                              f"attempt {stream.attempts}" + (
                                  ", taken over from a worker whose lease lapsed"
@@ -181,6 +183,12 @@ class WorkQueue:
             return claimed
 
         return self._retrying(claim)
+
+    def _record_history(self, connection: Connection, rows: list[HistoryRow]) -> None:
+        # Through the bulk writer (COPY, or one multi-row INSERT): as one executemany
+        # the two rows per stream run cost the worker more than running the stream.
+        if rows:
+            self._bulk.insert_history(connection, rows)
 
     def _held(self, pairs: Sequence[tuple[int, int]]):
         """The condition "stream (id, state_serial) is still as it was seen", for UPDATE/DELETE.
@@ -270,7 +278,7 @@ class WorkQueue:
                     _delete_dependents(connection, finished)
                 elif finished:
                     claimed_states = {o.stream.id: _ACTIONS[o.stream.action][1] for o in outcomes}
-                    _record_history(connection, [
+                    self._record_history(connection, [
                         _history_row(stream_id, now, "completed", claimed_states[stream_id], worker,
                                      None) for stream_id in finished])
                 done.update(finished)
@@ -286,7 +294,7 @@ class WorkQueue:
                             claimed_by=None, claim_expires=None, last_error=outcome.error[:4000],
                             updated_at=now)
                     .returning(streams.c.id)).scalars())
-                _record_history(connection, [_history_row(stream.id, now, error_state, claimed_state,
+                self._record_history(connection, [_history_row(stream.id, now, error_state, claimed_state,
                                                           worker, outcome.error[:4000])
                                              for _ in failed])
                 done.update(failed)
@@ -346,7 +354,7 @@ class WorkQueue:
                                 attempts=streams.c.attempts - 1, updated_at=now)).rowcount:
                     given_back.append(_history_row(stream.id, now, state, claimed_state, worker,
                                                    "given back unrun"))
-            _record_history(connection, given_back)
+            self._record_history(connection, given_back)
 
         if claimed:
             self._retrying(release)
@@ -366,7 +374,7 @@ class WorkQueue:
                     .values(state=retry_state, state_serial=streams.c.state_serial + 1,
                             claimed_by=None, claim_expires=None, updated_at=now)
                     .returning(streams.c.id)).scalars())
-                _record_history(connection, [
+                self._record_history(connection, [
                     _history_row(stream_id, now, retry_state, claimed_state, worker,
                                  "handed back: the worker holding it was stopped") for stream_id in ids])
                 released += len(ids)
@@ -395,7 +403,7 @@ class WorkQueue:
                         moved.update((i, retry_state) for i in connection.execute(
                             statement.where(condition & streams.c.id.in_(chunk))).scalars())
             errors = {retry: error for error, retry in RESET_STATES.items()}
-            _record_history(connection, [
+            self._record_history(connection, [
                 _history_row(stream_id, now, state, errors[state], actor, "reset for a retry")
                 for stream_id, state in sorted(moved.items())])
             return moved
@@ -453,13 +461,6 @@ def event_from_columns(message_id: str, event_type: str, generated: datetime, tr
 def _history_row(stream_id: int, at: datetime, state: str, previous: str | None, actor: str | None,
                  detail: str | None) -> HistoryRow:
     return (stream_id, at, state, previous, actor[:KEY_LENGTH] if actor else actor, detail)
-
-
-def _record_history(connection: Connection, rows: list[HistoryRow]) -> None:
-    # Through the bulk writer (COPY, or one multi-row INSERT): as one executemany
-    # the two rows per stream run cost the worker more than running the stream.
-    if rows:
-        writer_for(connection.dialect.name).insert_history(connection, rows)
 
 
 def _delete_dependents(connection: Connection, stream_ids: Sequence[int]) -> None:
