@@ -570,6 +570,39 @@ def test_outcomes_that_could_not_be_recorded_are_recorded_later_without_running_
     assert runner.stats.fired == 3
 
 
+def test_streams_run_before_a_lease_renewal_failed_are_recorded_not_run_again(store, monkeypatch):
+    """The database fails while a long batch renews its leases: what already ran (side effects
+    committed) is recorded on the next pass, and only the streams not run yet are run later."""
+    from winchester.store import StoreError
+
+    triggers = make_triggers()
+    journal = Journal()
+    ingest(store, triggers, [event(f"end{i}", "compute.end", instance=f"i{i}") for i in range(3)])
+    now = T0 + timedelta(hours=1)
+    # A lease of zero renews before every stream: the first renewal works,
+    # the second fails after one stream has run.
+    runner = worker(store, triggers, pipelines(on_fire=[journal.handler("a")]), now,
+                    lease=timedelta(0))
+    real_extend = store.extend_claims
+    failures = iter([False, True])
+
+    def flaky_extend(*args, **kwargs):
+        if next(failures, False):
+            raise StoreError("database write failed: connection reset")
+        return real_extend(*args, **kwargs)
+
+    monkeypatch.setattr(store, "extend_claims", flaky_extend)
+    with pytest.raises(StoreError):
+        runner.process(FIRE)
+    assert len(journal.of("a", "commit")) == 1
+    later = now + timedelta(minutes=10)  # the leases of the streams not run have lapsed
+    runner.clock, runner.wall_clock, runner.lease = FixedClock(later), FixedClock(later), timedelta(minutes=5)
+    runner.run_until_idle()
+    assert set(states(store).values()) == {"completed"}
+    assert len(journal.of("a", "commit")) == 3
+    assert runner.stats.fired == 3
+
+
 def test_streams_whose_events_cannot_be_read_are_given_back(store, monkeypatch):
     """Reading the claimed streams' events fails: they return to active at once, not stuck in firing."""
     from winchester.store import StoreError

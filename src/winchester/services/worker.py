@@ -249,8 +249,17 @@ class Worker:
                 # A long batch keeps its lease: renewed for what is still to run, and
                 # for what ran but is not recorded yet (with a lease shorter than
                 # RECORD_SECONDS, another worker would otherwise run those again).
-                self.store.extend_claims(self.name, [o.stream for o in pending] + claimed[position:],
-                                         self.wall_clock.now() + self.lease)
+                try:
+                    self.store.extend_claims(self.name,
+                                             [o.stream for o in pending] + claimed[position:],
+                                             self.wall_clock.now() + self.lease)
+                except Exception:
+                    # Those pipelines ran and committed their side effects: their
+                    # outcomes are recorded first thing on the next pass, never
+                    # dropped (dropped, the streams would run again after the lease).
+                    # The streams not run yet wait for their lease to lapse.
+                    self._unrecorded.extend(pending)
+                    raise
                 renew_at = time.monotonic() + lease / 3
             pending.append(self._run(stream, events.pop(stream.id, [])))
             ran += 1
@@ -307,9 +316,13 @@ class Worker:
                                                           f"not be stored: {type(single).__name__}: {single}")
                     logger.error("stream %s (%s): %s", outcome.stream.id, outcome.stream.trigger_name,
                                  failed.error)
-                    lost += self.store.finish_streams(self.name, [failed], self.clock.now(),
-                                                      self.purge_completed)
                     outcomes[position] = failed
+                    try:
+                        lost += self.store.finish_streams(self.name, [failed], self.clock.now(),
+                                                          self.purge_completed)
+                    except StoreError:
+                        self._unrecorded.extend(outcomes[position:])
+                        raise
         if lost:
             self.stats.lost_claims += len(lost)
             logger.warning("worker %s: lost the claim on stream(s) %s (lease expired; another "
