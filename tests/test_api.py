@@ -136,6 +136,23 @@ def test_a_json_string_is_rejected_not_decoded_a_second_time(api):
     assert api.store.count_events() == 1
 
 
+def test_documents_nested_deeper_than_orjson_writes_are_kept_not_a_server_error(api):
+    """orjson reads 1024 levels but writes 255: a deep list in an array, and a deep object that
+    is rejected, are dead-lettered and archived whole; the valid notification beside them is stored."""
+    deep_list = b"[" * 300 + b"]" * 300
+    deep_rejected = b'{"message_id": "deep-1", "x": ' + deep_list + b"}"  # no event_type
+    body = b"[" + line(nova(1)) + b"," + deep_list + b"," + deep_rejected + b"]"
+    response = api.client.post(NOTIFICATIONS, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert counts(answer) == (1, 0, 0, 2) and answer["archived"] == 3
+    assert [(r["index"], r["reason"]) for r in answer["rejections"]] == [
+        (1, "not_an_object"), (2, "no_event_type")]
+    assert api.store.get_event("api-msg-00001") is not None
+    kept = [orjson.loads(row.body) for row in dead_letter_rows(api.store)]
+    assert kept == [orjson.loads(deep_list), orjson.loads(deep_rejected)]
+
+
 def test_json_lines_are_accepted(api):
     """JSON lines (application/x-ndjson): one notification per line, blank lines ignored."""
     body = b"\n".join(line(nova(n)) for n in range(5)) + b"\n\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import os
 import re
@@ -377,6 +378,38 @@ def test_archive_export_replays_into_a_fresh_database(archived, tmp_path):
         assert store.count_events_by_type() == archived.events_by_type
     finally:
         store.close()
+
+
+def test_archive_export_writes_bodies_nested_deeper_than_orjson_writes(tmp_path, migrated_url):
+    """A body nested 300 levels deep (orjson reads 1024, writes 255) is exported whole, and read back."""
+    config = make_config(tmp_path)
+    env = {"WINCHESTER_DATABASE_URL": migrated_url}
+    notification = orjson.loads(sample_lines()[0])
+    notification["message_id"] = "deep-payload-1"
+    deep = orjson.loads(b"[" * 300 + b"]" * 300)
+    notification["payload"]["deep"] = deep
+    settings = load_settings(config, environ=env)
+    triggers = load_trigger_definitions(settings)
+    store = open_store(settings, triggers)
+    try:
+        intake = DirectIntake(Ingester(store, triggers, build_distiller(settings), EventClock()), store)
+        body = json.dumps(notification).encode()
+        assert intake.accept([body, sample_lines()[1]])["archived"] == 2
+    finally:
+        store.close()
+    exported = tmp_path / "export.jsonl"
+    result = run("archive", "export", "-c", str(config), "-o", str(exported), env=env)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in exported.read_bytes().splitlines()]
+    assert [r["message_id"] for r in records] == ["deep-payload-1",
+                                                  orjson.loads(sample_lines()[1])["message_id"]]
+    assert records[0]["notification"] == notification and records[0]["status"] == "archived"
+
+    fresh = migrate(f"sqlite:///{tmp_path / 'fresh.db'}")
+    result = run("ingest-file", "-c", str(config), str(exported), "--unwrap", "notification",
+                 "--clock", "event", "--quiet", env={"WINCHESTER_DATABASE_URL": fresh})
+    assert result.exit_code == 0, result.output
+    assert "2 saved, 0 duplicates, 0 unconverted, 0 rejected" in result.output
 
 
 def test_archive_export_filters(archived, tmp_path):

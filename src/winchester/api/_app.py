@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 
 from winchester import __version__
+from winchester._json import dumps_received
 from winchester.services.intake import DirectIntake
 from winchester.store import Store, StoreError
 
@@ -175,4 +176,4 @@ def split_notifications(body: bytes) -> list[Any]:
     # Anything but an object goes on as its own JSON text: a string must not
     # be decoded a second time (a JSON string holding an object is not a
     # notification), and the rejection then names what was actually sent.
-    return [item if isinstance(item, dict) else orjson.dumps(item) for item in items]
+    return [item if isinstance(item, dict) else dumps_received(item) for item in items]

@@ -91,11 +91,18 @@ def export(config_file: str, since, until, event_type, output, raw: bool) -> Non
                     notification = orjson.loads(row.body)
                 except orjson.JSONDecodeError:
                     notification = row.body.decode("utf-8", "replace")
-                output.write(orjson.dumps({
+                columns = {
                     "id": row.id, "received_at": row.received_at, "message_id": row.message_id,
                     "event_type": row.event_type, "publisher_id": row.publisher_id,
-                    "status": row.status, "reason": row.reason, "notification": notification,
-                }) + b"\n")
+                    "status": row.status, "reason": row.reason}
+                try:
+                    line = orjson.dumps({**columns, "notification": notification})
+                except TypeError:
+                    # Valid JSON that orjson cannot write back (nested past 255
+                    # levels): the body is spliced in as it was stored.
+                    line = (orjson.dumps(columns)[:-1] + b',"notification":'
+                            + row.body.strip().replace(b"\n", b" ") + b"}")
+                output.write(line + b"\n")
             written += 1
     finally:
         parts.store.close()

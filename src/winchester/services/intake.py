@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from winchester._json import body_bytes
 from winchester.clock import Clock, WallClock
 from winchester.config._settings import IntakeSettings, PersistorSettings
 from winchester.distill import NotificationRejected, decode_notification, read_envelope
@@ -196,7 +197,7 @@ class DirectIntake:
             archived = None
             if self.archive:
                 archived = self.store.archive_notifications(
-                    [archive_row(_as_bytes(body), now) for body in bodies])
+                    [archive_row(body_bytes(body), now) for body in bodies])
             outcome = self.ingester.commit(
                 self.ingester.prepare(list(bodies)),
                 dead_letter_source=lambda rejected: f"{self.source}:{rejected.position}")
@@ -211,19 +212,3 @@ class DirectIntake:
                            for r in outcome.rejected[:100]],
             "archived": archived.archived if archived else 0,
         }
-
-
-def _as_bytes(body: Any) -> bytes:
-    if isinstance(body, bytes):
-        return body
-    if isinstance(body, str):
-        return body.encode("utf-8", "surrogatepass")
-    import json
-
-    import orjson
-
-    try:
-        return orjson.dumps(body, default=str)
-    except TypeError:
-        # orjson writes at most 255 levels of nesting; the HTTP intake accepts deeper documents.
-        return json.dumps(body, default=str, ensure_ascii=False).encode("utf-8", "surrogatepass")

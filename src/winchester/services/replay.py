@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from winchester._json import body_bytes
 from winchester.distill import NotificationRejected, decode_notification, read_envelope
 from winchester.services.ingest import Ingester, PreparedBatch
 from winchester.services.intake import archive_row
@@ -243,7 +244,7 @@ class Replayer:
         if prepared is not None:
             if self.archive:
                 summary.archived += self.store.archive_notifications(
-                    [archive_row(_as_bytes(body), prepared.now) for body in job.bodies]).archived
+                    [archive_row(body_bytes(body), prepared.now) for body in job.bodies]).archived
             origins = job.origins
             outcome = self.ingester.commit(prepared, dead_letter_source=lambda r: origins[r.position])
             summary.saved += outcome.stored.saved
@@ -332,16 +333,6 @@ def _timestamp_of(body: Any) -> datetime | None:
         return read_envelope(decode_notification(body))[2]
     except NotificationRejected:
         return None
-
-
-def _as_bytes(body: Any) -> bytes:
-    if isinstance(body, bytes):
-        return body
-    if isinstance(body, str):
-        return body.encode("utf-8", "surrogatepass")
-    import orjson
-
-    return orjson.dumps(body, default=str)
 
 
 def from_archive(rows: Iterable[Any], skipped: Counter[str] | None = None) -> Iterator[Notification]:

@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
+from winchester._json import body_bytes
 from winchester.clock import WallClock
 from winchester.errors import TimexEvaluationError, WinchesterError
 from winchester.events import Event, encode_value
@@ -676,15 +677,7 @@ def _traits_json(event: Event) -> str:
 def _dead_letter_rows(letters: Sequence[Mapping[str, Any]], now: datetime) -> list[dict[str, Any]]:
     return [{"received_at": now, "source": letter["source"][:KEY_LENGTH],
              "reason": letter["reason"][:KEY_LENGTH], "detail": letter.get("detail"),
-             "body": _as_bytes(letter["body"])} for letter in letters]
-
-
-def _as_bytes(body: Any) -> bytes:
-    if isinstance(body, bytes):
-        return body
-    if isinstance(body, str):
-        return body.encode("utf-8", "surrogatepass")
-    return orjson.dumps(body, default=repr)
+             "body": body_bytes(letter["body"])} for letter in letters]
 
 
 def _chunks(values: Sequence[Any]) -> Iterator[Sequence[Any]]:
