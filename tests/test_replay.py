@@ -325,6 +325,43 @@ def test_replay_reads_a_directory_of_captures_plain_and_gzip(tmp_path):
     assert f"{len(lines):,} ingested" in result.output
 
 
+def test_a_truncated_gzip_capture_keeps_every_line_before_the_damage_and_says_where(tmp_path):
+    """A .gz cut short (a capture still being written, a partial copy): ingest-file, replay and
+    distill keep or print every complete line, then exit 1 naming the file and the last good line."""
+    config = replay_config(tmp_path)
+    lines = list(itertools.islice(Workload(WorkloadSpec(instances=20, days=2)).lines(), 600))
+    whole = gzip.compress(b"\n".join(lines) + b"\n")
+    capture = tmp_path / "capture.jsonl.gz"
+    capture.write_bytes(whole[: len(whole) // 2])
+    readable = 0
+    with pytest.raises(EOFError), gzip.open(capture) as handle:
+        for _ in handle:
+            readable += 1
+    assert 0 < readable < len(lines)
+    damaged = f"capture.jsonl.gz: cannot be read past line {readable:,}"
+
+    # A batch larger than the file: the batch in hand is written before the error surfaces.
+    for command in (["ingest-file", "--clock", "event", "--batch-size", "5000"],
+                    ["replay", "--batch-size", "5000"], ["replay", "--batch-size", "50"]):
+        url = fresh_sqlite(tmp_path, "-".join(command[:2]) + command[-1])
+        result = run_cli(*command, "-c", str(config), str(capture), "--quiet",
+                         env={"WINCHESTER_DATABASE_URL": url})
+        assert result.exit_code == 1, result.output
+        assert damaged in result.output and "truncated or damaged" in result.output
+        assert f"up to {capture}:{readable} is committed" in result.output
+        assert "resume" not in result.output  # running it again would meet the same damage
+        store = Store.from_url(url)
+        try:
+            assert store.count_events() == readable
+        finally:
+            store.close()
+
+    result = run_cli("distill", "-c", str(config), str(capture), env={})
+    assert result.exit_code == 1
+    assert len(result.stdout.splitlines()) == readable
+    assert damaged in result.stderr
+
+
 def test_replay_reads_stdin_and_dead_letters_bad_lines_with_their_line(tmp_path):
     """'-' reads standard input; a bad line is rejected and kept with where it came from."""
     url = fresh_sqlite(tmp_path, "stdin")

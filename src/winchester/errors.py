@@ -26,6 +26,11 @@ class WinchesterError(Exception):
     """Base class of every error Winchester raises deliberately."""
 
 
+class InputError(WinchesterError):
+    """An input (a capture file, stdin) cannot be read past some point: truncated or damaged.
+    What was read before it is good and is kept."""
+
+
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with a configuration file, located as precisely as known.

@@ -10,7 +10,7 @@ from winchester.cli._inputs import numbered_lines, open_lines
 from winchester.cli._options import config_option
 from winchester.config import build_distiller, load_settings
 from winchester.distill import DistillStats, NotificationRejected, decode_notification
-from winchester.errors import ConfigError
+from winchester.errors import ConfigError, InputError
 from winchester.events import dumps_event
 
 
@@ -38,8 +38,17 @@ def distill(config_file: str, source: str, stats: bool, unwrap: str | None) -> N
             errors.print(f"{problem.severity}: {problem}", markup=False)
         sys.exit(2)
     out = sys.stdout.buffer
+    unreadable: InputError | None = None
     with open_lines(source) as stream:
-        for number, line in numbered_lines(stream):
+        lines = numbered_lines(stream, source)
+        while True:
+            try:
+                number, line = next(lines)
+            except StopIteration:
+                break
+            except InputError as exc:
+                unreadable = exc
+                break
             try:
                 notification = decode_notification(line)
                 if unwrap is not None:
@@ -55,6 +64,9 @@ def distill(config_file: str, source: str, stats: bool, unwrap: str | None) -> N
     out.flush()
     if stats:
         _print_stats(errors, distiller.stats)
+    if unreadable is not None:
+        errors.print(f"error: {unreadable}", markup=False)
+        sys.exit(1)
 
 
 def _print_stats(console: Console, stats: DistillStats) -> None:

@@ -13,7 +13,7 @@ from winchester.cli._inputs import capture_bytes, capture_lines, unwrapped
 from winchester.cli._options import config_option, stopped_by_signals
 from winchester.cli._setup import open_parts
 from winchester.clock import clock_from_settings
-from winchester.errors import WinchesterError
+from winchester.errors import InputError, WinchesterError
 from winchester.services.ingest import Ingester
 from winchester.services.replay import SHOWN_REJECTIONS, Notification, Replayer, ReplaySummary
 
@@ -80,7 +80,10 @@ def ingest_file(config_file: str, source: str, clock_kind: str | None, batch_siz
     if failure is not None or summary.interrupted:
         console.print(f"error: ingest stopped: {failure}" if failure else "ingest interrupted",
                       markup=False)
-        if summary.committed_through:
+        if summary.committed_through and isinstance(failure, InputError):
+            console.print(f"every line up to {summary.committed_through} is committed",
+                          markup=False)
+        elif summary.committed_through:
             console.print(f"every line up to {summary.committed_through} is committed; run the "
                           "same command again to resume (lines already stored are skipped as "
                           "duplicates)", markup=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import sys
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import BinaryIO
 
 import click
 import orjson
+
+from winchester.errors import InputError
 
 
 @contextmanager
@@ -35,9 +38,27 @@ def open_lines(source: str) -> Iterator[BinaryIO]:
         raw.close()
 
 
-def numbered_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
-    """Non-blank lines with their 1-based line numbers."""
-    for number, line in enumerate(stream, 1):
+def numbered_lines(stream: BinaryIO, name: str = "-") -> Iterator[tuple[int, bytes]]:
+    """Non-blank lines with their 1-based line numbers.
+
+    A stream that breaks off (a gzip file cut short or damaged, a read error)
+    raises InputError naming ``name`` and the last good line, after every
+    line before it was yielded: those are good and worth keeping.
+    """
+    number = 0
+    lines = iter(stream)
+    while True:
+        try:
+            line = next(lines)
+        except StopIteration:
+            return
+        except (EOFError, OSError, zlib.error) as exc:
+            # gzip raises EOFError for a file cut short, BadGzipFile (an
+            # OSError) or zlib.error for damaged data.
+            reason = str(exc) or type(exc).__name__
+            raise InputError(f"{name}: cannot be read past line {number:,} ({reason}): the file is "
+                             "truncated or damaged; the lines before it were read") from None
+        number += 1
         # isspace() stops at the first visible byte; strip() would copy the line.
         if line and not line.isspace():
             yield number, line
@@ -82,7 +103,7 @@ def capture_lines(source: str) -> Iterator[tuple[str, int, bytes]]:
     files = ["-"] if source == "-" else [str(path) for path in capture_files(source)]
     for name in files:
         with open_lines(name) as stream:
-            for number, line in numbered_lines(stream):
+            for number, line in numbered_lines(stream, name):
                 yield name, number, line
 
 

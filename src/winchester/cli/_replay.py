@@ -16,7 +16,7 @@ from winchester.cli._inputs import capture_bytes, capture_lines, unwrapped
 from winchester.cli._options import config_option, stopped_by_signals, utc_timestamp
 from winchester.cli._setup import open_parts
 from winchester.clock import clock_from_settings
-from winchester.errors import WinchesterError
+from winchester.errors import InputError, WinchesterError
 from winchester.services.ingest import Ingester
 from winchester.services.replay import (
     Notification,
@@ -145,7 +145,10 @@ def replay(config_file: str, source: str, since: datetime | None, until: datetim
             console.print(f"error: replay stopped: {failure}", markup=False)
         else:
             console.print("replay interrupted", markup=False)
-        if summary.committed_through:
+        if summary.committed_through and isinstance(failure, InputError):
+            console.print(f"everything up to {summary.committed_through} is committed",
+                          markup=False)
+        elif summary.committed_through:
             console.print(f"everything up to {summary.committed_through} is committed; run the same "
                           "command with --resume to go on", markup=False)
         sys.exit(1 if failure is not None else 130)

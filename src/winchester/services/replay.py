@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 
 from winchester._json import body_bytes
 from winchester.distill import NotificationRejected, decode_notification, read_envelope
+from winchester.errors import InputError
 from winchester.services.ingest import Ingester, PreparedBatch
 from winchester.services.intake import archive_row
 from winchester.services.worker import Worker
@@ -172,9 +173,13 @@ class Replayer:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="replay-writer") \
             if self.worker is None else None
         worker_finished = False
+        unreadable: InputError | None = None
         try:
             batch: list[Notification] = []
-            for notification in notifications:
+            for notification in _until_unreadable(notifications):
+                if isinstance(notification, InputError):
+                    unreadable = notification
+                    break
                 if self.stopping or (self.speed is not None and not self._wait_for(notification, batch)):
                     summary.interrupted = True
                     break
@@ -191,6 +196,8 @@ class Replayer:
             if batch:
                 self._flush(batch)
             self._wait_for_writer()
+            if unreadable is not None:
+                raise unreadable
             if self.worker_process is not None:
                 # The input is all in: the child works off what is due, then reports.
                 worker_finished = True
@@ -326,6 +333,15 @@ class Replayer:
         if wait > 0 and (self._sleep(wait) or self.stopping):
             return False
         return True
+
+
+def _until_unreadable(notifications: Iterable[Notification]) -> Iterator[Notification | InputError]:
+    """The notifications, then the InputError that ended them early, if one did: the caller
+    writes what was read before it (a truncated capture's good lines are kept)."""
+    try:
+        yield from notifications
+    except InputError as exc:
+        yield exc
 
 
 def _timestamp_of(body: Any) -> datetime | None:
