@@ -89,6 +89,37 @@ def test_workers_wait_out_the_grace_before_expiring(store):
     assert [s.state for s in store.list_streams()] == ["completed"]
 
 
+def test_a_late_event_generated_by_a_pipeline_gets_the_same_grace_as_an_ingested_one(store):
+    """A pipeline's generated event stamped before an expired stream's expiry, within the grace,
+    joins that stream as it would have arriving through ingest."""
+    from winchester.pipelines import Handler, PipelineEntry
+
+    triggers = load_triggers([
+        {"name": "audit", "distinguished_by": ["instance_id"], "expiration": "$last + 1d",
+         "fire_pipeline": "generate", "match_criteria": [{"event_type": "compute.end"}],
+         "fire_criteria": [{"event_type": "compute.end"}]},
+        {"name": "instance", "distinguished_by": ["instance_id"], "expiration": "$last + 1h",
+         "expire_pipeline": "none", "match_criteria": [{"event_type": ["compute.start", "audit.*"]}]},
+    ], "triggers.yaml")
+
+    class Generate(Handler):
+        def handle_events(self, events, env):
+            return [*events, {"message_id": "generated", "event_type": "audit.result",
+                              "timestamp": T0 + 50 * MINUTE, "instance_id": "i-1"}]
+
+    pipelines = PipelineSet({"generate": Pipeline("generate", (PipelineEntry("g", Generate, {}),)),
+                             "none": PIPELINES["none"]})
+    now = T0 + 70 * MINUTE  # "instance" expired at T0 + 60 min; within the grace
+    Ingester(store, triggers, clock=FixedClock(T0), grace=HOUR).add_events([event("start", T0)])
+    Ingester(store, triggers, clock=FixedClock(now), grace=HOUR).add_events(
+        [event("end", now, "compute.end")])
+    worker = Worker(store, triggers, pipelines, clock=FixedClock(now), wall_clock=FixedClock(now),
+                    grace=HOUR, purge_completed=False)
+    assert worker.drain() == 1
+    [instance] = store.list_streams("instance")
+    assert [e["message_id"] for e in store.stream_events(instance.id)] == ["start", "generated"]
+
+
 def test_an_event_older_than_the_first_joins_and_moves_first(store):
     """Out of order but before expiry: the event joins the stream and becomes its first."""
     ingest(store, [event("b", T0 + 20 * MINUTE)], now=T0 + 20 * MINUTE)

@@ -296,7 +296,7 @@ class Worker:
     def _record(self, outcomes: list[StreamOutcome]) -> None:
         """Store the outcomes (and generated events) of run streams, in one transaction if possible."""
         try:
-            lost = self.store.finish_streams(self.name, outcomes, self.clock.now(), self.purge_completed)
+            lost = self._finish(outcomes)
         except StoreError:
             self._unrecorded.extend(outcomes)
             raise
@@ -306,8 +306,7 @@ class Worker:
             lost = []
             for position, outcome in enumerate(outcomes):
                 try:
-                    lost += self.store.finish_streams(self.name, [outcome], self.clock.now(),
-                                                      self.purge_completed)
+                    lost += self._finish([outcome])
                 except StoreError:
                     self._unrecorded.extend(outcomes[position:])
                     raise
@@ -318,8 +317,7 @@ class Worker:
                                  failed.error)
                     outcomes[position] = failed
                     try:
-                        lost += self.store.finish_streams(self.name, [failed], self.clock.now(),
-                                                          self.purge_completed)
+                        lost += self._finish([failed])
                     except StoreError:
                         self._unrecorded.extend(outcomes[position:])
                         raise
@@ -341,6 +339,10 @@ class Worker:
                 self.stats.fired += 1
             else:
                 self.stats.expired += 1
+
+    def _finish(self, outcomes: list[StreamOutcome]) -> list[int]:
+        return self.store.finish_streams(self.name, outcomes, self.clock.now(), self.purge_completed,
+                                         self.grace)
 
     def _run(self, stream: ClaimedStream, events: list[Event]) -> StreamOutcome:
         outcome, result = self._run_pipeline(stream, events)

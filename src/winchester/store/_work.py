@@ -245,7 +245,7 @@ class WorkQueue:
         return found
 
     def finish_streams(self, worker: str, outcomes: Sequence[StreamOutcome], now: datetime,
-                       purge_completed: bool) -> list[int]:
+                       purge_completed: bool, grace: timedelta = timedelta(0)) -> list[int]:
         """Record how claimed streams ended; one transaction.
 
         Success -> ``completed`` (or the stream is deleted with
@@ -254,14 +254,15 @@ class WorkQueue:
         reason. Returns the ids whose claim this worker no longer held (its
         lease lapsed and another worker took the stream): their state is not
         touched (their generated events, deterministic, are duplicates of the
-        new owner's).
+        new owner's). ``grace`` is ``late_event_grace``, for the generated
+        events as for ingested ones.
         """
         items = [item for outcome in outcomes if outcome.error is None for item in outcome.generated]
         type_ids = self._event_type_ids_for({item.event["event_type"] for item in items}) if items else {}
 
         def finish(connection: Connection) -> list[int]:
             if items:
-                self._ingest(connection, items, type_ids)
+                self._ingest(connection, items, type_ids, grace)
             done: set[int] = set()
             succeeded = [(o.stream.id, o.stream.serial) for o in outcomes if o.error is None]
             held = (streams.c.claimed_by == worker)
