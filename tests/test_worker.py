@@ -119,15 +119,19 @@ def test_a_ready_stream_fires_with_its_events_in_timestamp_order(store):
     assert list(states(store).values()) == ["completed"]
 
 
-def test_ties_in_timestamp_keep_arrival_order(store):
-    """Events with the same timestamp reach the pipeline in the order they were stored."""
+@pytest.mark.parametrize("batches", [[3], [1, 1, 1], [2, 1]], ids=["one batch", "one by one", "2+1"])
+def test_ties_in_timestamp_keep_arrival_order_however_the_input_is_batched(store, batches):
+    """Events with the same timestamp reach the pipeline in the order they arrived, whether
+    they came in one batch or several (a replay batches differently from the live run)."""
     triggers = make_triggers()
     journal = Journal()
-    ingest(store, triggers, [event("z-first", minutes=1)])
-    ingest(store, triggers, [event("a-second", minutes=1)])
+    arriving = [event("z-first", minutes=1), event("m-second", minutes=1), event("a-third", minutes=1)]
+    for size in batches:
+        ingest(store, triggers, arriving[:size])
+        arriving = arriving[size:]
     ingest(store, triggers, [event("end", "compute.end", 2)])
     worker(store, triggers, pipelines(on_fire=[journal.handler("a")]), T0 + timedelta(hours=3)).run_until_idle()
-    assert journal.of("a")[0][2] == ["z-first", "a-second", "end"]
+    assert journal.of("a")[0][2] == ["z-first", "m-second", "a-third", "end"]
 
 
 def test_a_stream_that_never_becomes_ready_expires(store):

@@ -82,6 +82,10 @@ class BulkWriter:
         raise NotImplementedError
 
 
+def _first(row: Sequence[Any]) -> Any:
+    return row[0]
+
+
 def _sqlite_time(value: datetime | None) -> str | None:
     # The text form SQLAlchemy's SQLite DateTime type reads back.
     return None if value is None else value.isoformat(sep=" ", timespec="microseconds")
@@ -135,9 +139,12 @@ class SQLiteWriter(BulkWriter):
             return {}
         largest = _sqlite_high_water(connection, "events")
         inserted = {row[0]: largest + offset for offset, row in enumerate(fresh, 1)}
+        # Ids in arrival order; rows in message_id order, which walks the
+        # message_id index once from one end instead of jumping about it.
         _sqlite_insert(connection,
                        "INSERT OR FAIL INTO events (id, message_id, event_type_id, generated, traits)",
-                       [(inserted[m], m, t, _sqlite_time(g), traits) for m, t, g, traits in fresh])
+                       [(inserted[m], m, t, _sqlite_time(g), traits)
+                        for m, t, g, traits in sorted(fresh, key=_first)])
         return inserted
 
     def insert_traits(self, connection: Connection, rows: Sequence[TraitRow]) -> None:
@@ -262,20 +269,25 @@ class PostgreSQLWriter(BulkWriter):
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {name} ({columns}) ON COMMIT DELETE ROWS")
 
     def insert_events(self, connection: Connection, rows: Sequence[EventRow]) -> dict[str, int]:
-        self._staging(connection, "incoming_events", "message_id varchar(255), "
-                      "event_type_id integer, generated timestamp, traits text, ord serial")
-        self._copy(connection, "incoming_events (message_id, event_type_id, generated, traits)", rows,
-                   ("varchar", "int4", "timestamp", "text"))
-        # Inserted in the batch's (message_id) order so concurrent ingesters
-        # take index locks in the same order.
+        self._staging(connection, "incoming_events", "id bigint, message_id varchar(255), "
+                      "event_type_id integer, generated timestamp, traits text")
+        # Ids are taken in arrival order (a duplicate's id is left unused);
+        # the rows go in in message_id order, so concurrent ingesters take
+        # index locks in the same order (no deadlock).
+        ids = connection.exec_driver_sql(
+            "SELECT nextval(pg_get_serial_sequence('events', 'id')) FROM generate_series(1, %s)",
+            (len(rows),)).scalars()
+        self._copy(connection, "incoming_events (id, message_id, event_type_id, generated, traits)",
+                   [(event_id, *row) for event_id, row in zip(ids, rows, strict=True)],
+                   ("int8", "varchar", "int4", "timestamp", "text"))
         driver = connection.connection.driver_connection
         with driver.cursor() as cursor:
             # Straight from the driver: a thousand rows through SQLAlchemy's
             # result machinery cost more than the statement.
             cursor.execute(
-                "INSERT INTO events (message_id, event_type_id, generated, traits) "
-                "SELECT message_id, event_type_id, generated, traits FROM incoming_events "
-                "ORDER BY ord ON CONFLICT (message_id) DO NOTHING RETURNING message_id, id")
+                "INSERT INTO events (id, message_id, event_type_id, generated, traits) "
+                "SELECT id, message_id, event_type_id, generated, traits FROM incoming_events "
+                "ORDER BY message_id ON CONFLICT (message_id) DO NOTHING RETURNING message_id, id")
             return dict(cursor.fetchall())
 
     def known_message_ids(self, connection: Connection, message_ids: Sequence[str]) -> set[str]:

@@ -290,7 +290,8 @@ class Store(WorkQueue, ArchiveStore, QueryStore):
 
     def _save_events(self, connection: Connection, batch: list[Event],
                      type_ids: Mapping[str, int]) -> dict[str, int]:
-        """Insert events not stored yet; returns message_id -> id for those inserted."""
+        """Insert events not stored yet, their ids in ``batch`` order; returns message_id -> id
+        for those inserted."""
         rows = [(event["message_id"], type_ids[event["event_type"]], event["timestamp"],
                  _traits_json(event)) for event in batch]
         inserted = self._bulk.insert_events(connection, rows)
@@ -360,9 +361,9 @@ class Store(WorkQueue, ArchiveStore, QueryStore):
     def _ingest(self, connection: Connection, items: Sequence[IngestItem],
                 type_ids: Mapping[str, int], grace: timedelta = timedelta(0)) -> IngestResult:
         result = IngestResult()
-        # Within a batch the first copy of a message wins; sorting the inserts
-        # by message_id makes concurrent ingesters lock index entries in the
-        # same order (no deadlock).
+        # Within a batch the first copy of a message wins. Events keep their
+        # arrival order: their ids follow it, and a stream's events with equal
+        # timestamps reach its pipeline in id order, however the input was batched.
         unique: dict[str, IngestItem] = {}
         for item in items:
             message_id = item.event["message_id"]
@@ -370,8 +371,7 @@ class Store(WorkQueue, ArchiveStore, QueryStore):
                 result.duplicates.append(message_id)
             else:
                 unique[message_id] = item
-        ordered = sorted(unique.values(), key=lambda item: item.event["message_id"])
-        inserted = self._save_events(connection, [item.event for item in ordered], type_ids)
+        inserted = self._save_events(connection, [item.event for item in unique.values()], type_ids)
         result.saved = len(inserted)
         result.duplicates.extend(m for m in unique if m not in inserted)
 
