@@ -252,3 +252,27 @@ def test_unknown_section_keys_warn_and_the_bus_url_can_come_from_the_environment
     assert [w.where for w in settings.warnings] == ["bus.urll"]
     assert settings.bus_url == "amqp://guest:guest@broker:5672//"
     assert settings.intake.queue == "mine" and settings.intake.durable is True
+
+
+def test_unusable_urls_from_the_environment_are_refused_naming_the_variable_not_the_value(tmp_path):
+    """A WINCHESTER_DATABASE_URL or WINCHESTER_BUS_URL no service could use is a configuration
+    error at load (as `check` reports it), without the value, which may hold a password."""
+    path = write(tmp_path, MINIMAL)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={DATABASE_URL_ENV: "secret-password@nowhere",
+                                     "WINCHESTER_BUS_URL": "redis://:secret-password@cache:6379"})
+    problems = {p.file: p for p in caught.value.problems}
+    assert problems[DATABASE_URL_ENV].where == "database.url"
+    assert problems[DATABASE_URL_ENV].message.startswith("is not a database URL")
+    assert problems["WINCHESTER_BUS_URL"].where == "bus.url"
+    assert "its scheme is 'redis'" in problems["WINCHESTER_BUS_URL"].message
+    assert "secret-password" not in str(caught.value)
+
+
+def test_an_indexed_trait_name_longer_than_the_store_keeps_is_an_error(tmp_path):
+    """Indexed trait names go into a column of 255 characters on every store."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, MINIMAL + f"indexed_traits: [instance_id, {'n' * 256}]\n"),
+                      environ={})
+    [problem] = caught.value.problems
+    assert problem.where == "indexed_traits" and "256 characters" in problem.message

@@ -165,6 +165,17 @@ def test_non_string_name_is_an_error():
     assert problem.where == "trigger #0 > name" and problem.line == 1
 
 
+def test_names_longer_than_the_store_keeps_are_errors():
+    """A trigger name or a distinguishing trait name past 255 characters (a column's size on
+    every store) is refused at load, not by PostgreSQL on the first matching batch."""
+    long_name = "t" * 256
+    problem = the_error(minimal().replace("name: t", f"name: {long_name}"))
+    assert problem.where == "trigger #0 > name" and "256 characters" in problem.message
+    problem = the_error(minimal().replace("name: t", "name: t\n  distinguished_by: [" + "x" * 300 + "]"))
+    assert problem.where == "trigger 't' > distinguished_by #0" and "300 characters" in problem.message
+    assert trigger_of(minimal().replace("name: t", "name: " + "t" * 255)).name == "t" * 255
+
+
 def test_duplicate_name_names_both_indexes():
     """Two triggers of one name: the second is an error naming trigger #0 and trigger #1."""
     problem = the_error(minimal() + minimal())

@@ -95,6 +95,20 @@ FAULTS = [
                     r"audit_period_ending: invalid time expression: unknown unit 'x'",)),
     Fault("archive_retention", "winchester.yaml", append='archive_retention: "$timestamp - 90 days"',
           messages=(r"FILE:\d+:1: archive_retention: unknown unit 'days'",)),
+    Fault("trim_events_age variable", "winchester.yaml",
+          edit=('trim_events_age: "$timestamp - 14d"', 'trim_events_age: "$last - 14d"'),
+          messages=(r"FILE:\d+:1: trim_events_age: '\$last - 14d' uses \$last: this expression is "
+                    r"evaluated against now, and \$timestamp \(now\) is its only variable",)),
+    # Where the services connect.
+    Fault("bus url scheme", "winchester.yaml", append="bus: {url: 'redis://localhost:6379'}",
+          messages=(r"FILE:\d+:7: bus.url: the bus url must start with one of memory://, amqp://, "
+                    r"amqps://, pyamqp://; its scheme is 'redis'",)),
+    Fault("database url", "winchester.yaml", append="database: {url: 'not a url'}",
+          messages=(r"FILE:\d+:1: database: url is not a database URL \(expected e\.g\. ",)),
+    Fault("intake and persistor on one queue", "winchester.yaml",
+          append="intake: {queue: notifications-copy}\npersistor: {queue: notifications-copy}",
+          messages=(r"FILE:\d+:13: persistor.queue: is the same queue as intake.queue "
+                    r"\('notifications-copy'\): ingest and the persistor would each get only some",)),
     # Triggers.
     Fault("duplicate trigger names", "triggers.yaml", append=TRIGGERS[TRIGGERS.index("- name:"):],
           messages=(r"FILE:\d+:3: trigger 'usage_audit' > name: duplicate trigger name: trigger #0 "

@@ -17,6 +17,7 @@ from typing import Any
 
 from winchester._yaml import parse_yaml, position_of
 from winchester.errors import ConfigError, Problem, TimexSyntaxError
+from winchester.events import IDENTIFIER_MAX_LENGTH
 
 DATABASE_URL_ENV = "WINCHESTER_DATABASE_URL"
 BUS_URL_ENV = "WINCHESTER_BUS_URL"
@@ -85,9 +86,13 @@ def _import_map(value: Any) -> str | None:
 
 
 def _name_list(value: Any) -> str | None:
-    if isinstance(value, list) and all(isinstance(item, str) and item for item in value):
-        return None
-    return f"must be a list of trait names, not {_describe(value)}"
+    if not (isinstance(value, list) and all(isinstance(item, str) and item for item in value)):
+        return f"must be a list of trait names, not {_describe(value)}"
+    too_long = [item for item in value if len(item) > IDENTIFIER_MAX_LENGTH]
+    if too_long:
+        return (f"has a trait name of {len(too_long[0])} characters; an indexed trait's name has "
+                f"at most {IDENTIFIER_MAX_LENGTH}")
+    return None
 
 
 def _log_level(value: Any) -> str | None:
@@ -97,15 +102,20 @@ def _log_level(value: Any) -> str | None:
 
 
 def _time_expression(value: Any) -> str | None:
+    """A time expression relative to now: ``$timestamp`` (now) is the only variable it has."""
     problem = _text(value)
     if problem:
         return problem
     from winchester import timex
 
     try:
-        timex.parse(value)
+        expression = timex.parse(value)
     except TimexSyntaxError as exc:
         return str(exc)
+    unknown = sorted(expression.variables - {timex.TIMESTAMP})
+    if unknown:
+        return (f"{value!r} uses {', '.join('$' + name for name in unknown)}: this expression is "
+                "evaluated against now, and $timestamp (now) is its only variable")
     return None
 
 
@@ -113,8 +123,31 @@ def _database(value: Any) -> str | None:
     if not isinstance(value, Mapping):
         return f"must be a mapping with a 'url' key, not {_describe(value)}"
     url = value.get("url")
-    if url is not None and _text(url):
-        return f"url {_text(url)}"
+    if url is None:
+        return None
+    problem = _text(url) or database_url_problem(url)
+    return f"url {problem}" if problem else None
+
+
+def database_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a database URL, or None. Never repeats the URL (it may hold a password)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        make_url(url)
+    except Exception:  # noqa: BLE001 - SQLAlchemy raises ArgumentError and others
+        return ("is not a database URL (expected e.g. sqlite:///var/winchester.db or "
+                "postgresql://user@host:5432/winchester)")
+    return None
+
+
+def _bus_url(value: Any) -> str | None:
+    from winchester.bus._connect import check_url
+
+    try:
+        check_url(value)
+    except (TypeError, ValueError) as exc:
+        return str(exc)
     return None
 
 
@@ -236,7 +269,7 @@ NOTIFICATION_PRIORITIES = ("audit", "debug", "info", "warn", "error", "critical"
 
 SECTIONS: dict[str, tuple[SubKey, ...]] = {
     "bus": (
-        SubKey("url", _text, "memory://",
+        SubKey("url", _bus_url, "memory://",
                "`memory://` (in-process, the embedded default) or `amqp://user:pass@host:port/vhost`."),
     ),
     "intake": (
@@ -553,6 +586,20 @@ def settings_from_mapping(data: Any, *, source: Path | None, environ: Mapping[st
                 problems.append(problem(section, message, subkey=name))
             else:
                 sections[section][name] = value
+    intake_queue = sections["intake"]["queue"]
+    if intake_queue and intake_queue == sections["persistor"]["queue"]:
+        # Two services on one queue share its messages instead of each getting all of them.
+        given = data.get("persistor")
+        section, other = (("persistor", "intake") if isinstance(given, Mapping) and "queue" in given
+                          else ("intake", "persistor"))
+        problems.append(problem(section, f"is the same queue as {other}.queue ({intake_queue!r}): "
+                                "ingest and the persistor would each get only some of the "
+                                "notifications; give each its own queue", subkey="queue"))
+    for variable, where, check in ((DATABASE_URL_ENV, "database.url", database_url_problem),
+                                   (BUS_URL_ENV, "bus.url", _bus_url)):
+        message = check(environ[variable]) if environ.get(variable) else None
+        if message:
+            problems.append(Problem(file=variable, where=where, message=message))
     if problems:
         raise ConfigError(problems)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from winchester._yaml import position_of
 from winchester.errors import ConfigError, Problem
+from winchester.events import IDENTIFIER_MAX_LENGTH
 from winchester.timex import Expression
 from winchester.triggers._criteria import (
     Criterion,
@@ -95,13 +96,17 @@ def _load_trigger(index: int, raw: Any, data: list, problems: _Problems,
         return None
     name = raw.get("name")
     has_name = isinstance(name, str) and bool(name.strip())
-    label = f"trigger {name!r}" if has_name else f"trigger #{index}"
+    label = (f"trigger {name!r}" if has_name and len(name) <= IDENTIFIER_MAX_LENGTH
+             else f"trigger #{index}")
     errors_before = sum(p.severity == "error" for p in problems.items)
 
     if "name" not in raw:
         problems.error(f"{label} > name", "is required", data, index)
     elif not has_name:
         problems.error(f"{label} > name", f"must be a non-empty string, not {name!r}", raw, "name")
+    elif len(name) > IDENTIFIER_MAX_LENGTH:
+        problems.error(f"{label} > name", f"is {len(name)} characters long; a trigger name "
+                       f"has at most {IDENTIFIER_MAX_LENGTH}", raw, "name")
     elif name in first_index:
         problems.error(f"{label} > name", f"duplicate trigger name: trigger #{first_index[name]} "
                        f"and trigger #{index} are both named {name!r}", raw, "name")
@@ -225,6 +230,12 @@ def _distinguished_by(problems: _Problems, label: str, raw: Mapping) -> Any:
                            f"not {item!r}", items, position)
             ok = False
             continue
+        if len(trait) > IDENTIFIER_MAX_LENGTH:
+            # Distinguishing traits are indexed, and an indexed trait's name is a column of at
+            # most that many characters on every store.
+            problems.error(item_where, f"the trait name is {len(trait)} characters long; at most "
+                           f"{IDENTIFIER_MAX_LENGTH}", items, position)
+            ok = False
         if trait in seen:
             problems.error(item_where, f"trait {trait!r} is listed more than once", items,
                            position)
