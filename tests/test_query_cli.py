@@ -134,6 +134,14 @@ def test_bad_filters_exit_2_naming_the_option(loaded, args, message):
     assert message in " ".join(result.output.split())
 
 
+@pytest.mark.parametrize("command", [["streams", "show"], ["streams", "reset"], ["streams", "delete"],
+                                     ["explain"]])
+def test_a_stream_id_past_64_bits_is_a_usage_error_not_a_traceback(loaded, command):
+    result = loaded.cli(*command, str(2**64))
+    assert result.exit_code == 2
+    assert "is not in the range 1<=x<=9223372036854775807" in " ".join(result.output.split())
+
+
 # -- streams -------------------------------------------------------------------------------------
 
 

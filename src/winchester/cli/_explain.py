@@ -6,13 +6,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from winchester.cli._options import config_option
+from winchester.cli._options import STREAM_ID, config_option
 from winchester.cli._query import json_option, output_console, plain, print_json, queries, remote_options
 
 
 @click.command("explain")
 @config_option
-@click.argument("stream_id", required=False, type=click.IntRange(1))
+@click.argument("stream_id", required=False, type=STREAM_ID)
 @click.option("--event", "message_id", metavar="MESSAGE_ID",
               help="Explain an event instead: which triggers it matched, and why not the others.")
 @json_option

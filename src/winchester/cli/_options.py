@@ -12,6 +12,8 @@ import click
 from winchester.events import to_naive_utc
 
 CONFIG_ENV = "WINCHESTER_CONFIG"
+# Stream ids are 64-bit integers on every store; a larger one is a usage error, not an overflow.
+STREAM_ID = click.IntRange(1, 2**63 - 1)
 
 config_option = click.option(
     "-c", "--config", "config_file",

@@ -5,7 +5,7 @@ import sys
 import click
 from rich.table import Table
 
-from winchester.cli._options import config_option
+from winchester.cli._options import STREAM_ID, config_option
 from winchester.cli._query import (
     events_table,
     json_option,
@@ -84,7 +84,7 @@ def list_streams(config_file, name, state, from_, to, traits, details, mark, lim
 
 @streams.command("show")
 @config_option
-@click.argument("stream_id", type=click.IntRange(1))
+@click.argument("stream_id", type=STREAM_ID)
 @click.option("--details", is_flag=True, help="Include the stream's events.")
 @json_option
 @remote_options
@@ -126,7 +126,7 @@ def count_streams(config_file, name, state, from_, to, traits, as_json, url, tok
 
 @streams.command("reset")
 @config_option
-@click.argument("stream_ids", metavar="[ID]...", nargs=-1, type=click.IntRange(1))
+@click.argument("stream_ids", metavar="[ID]...", nargs=-1, type=STREAM_ID)
 @click.option("--all-errors", is_flag=True, help="Every stream in state error or expire_error.")
 @json_option
 @remote_options
@@ -157,7 +157,7 @@ def reset(config_file, stream_ids, all_errors, as_json, url, token) -> None:
 
 @streams.command("delete")
 @config_option
-@click.argument("stream_ids", metavar="ID...", nargs=-1, required=True, type=click.IntRange(1))
+@click.argument("stream_ids", metavar="ID...", nargs=-1, required=True, type=STREAM_ID)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @remote_options
 def delete(config_file, stream_ids, yes, url, token) -> None:
