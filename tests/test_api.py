@@ -153,6 +153,16 @@ def test_documents_nested_deeper_than_orjson_writes_are_kept_not_a_server_error(
     assert kept == [orjson.loads(deep_list), orjson.loads(deep_rejected)]
 
 
+def test_message_ids_longer_than_the_archive_keeps_are_never_taken_for_duplicates(api):
+    """Two different ids of 300 characters sharing their first 255: both notifications are
+    rejected as events (bad_identifier) and both are archived, not the second dropped as a copy."""
+    shared = "m" * 255
+    body = [nova(1, message_id=shared + "a" * 45), nova(2, message_id=shared + "b" * 45)]
+    answer = api.client.post(NOTIFICATIONS, json=body).json()
+    assert [r["reason"] for r in answer["rejections"]] == ["bad_identifier", "bad_identifier"]
+    assert answer["archived"] == 2 and api.store.count_archive() == 2
+
+
 def test_json_lines_are_accepted(api):
     """JSON lines (application/x-ndjson): one notification per line, blank lines ignored."""
     body = b"\n".join(line(nova(n)) for n in range(5)) + b"\n\n"

@@ -47,11 +47,13 @@ class ArchiveStore:
         Each row: ``received_at``, ``body`` (bytes, as received), ``status``
         (``archived`` or ``rejected``), and when known ``message_id``,
         ``event_type``, ``publisher_id``, ``generated`` and ``reason``.
-        Notifications without a ``message_id`` are always kept.
+        Notifications without a ``message_id`` are always kept, and so are
+        those whose id is longer than the column: cut to fit, two different
+        ids could look the same, and the second notification would be lost.
         """
         if not rows:
             return ArchiveResult(0, 0)
-        values = [(row["received_at"], _clip(row.get("message_id")), _clip(row.get("event_type")),
+        values = [(row["received_at"], _fitting(row.get("message_id")), _clip(row.get("event_type")),
                    _clip(row.get("publisher_id")), row.get("generated"), row.get("status", ARCHIVED),
                    row.get("reason"), row["body"]) for row in rows]
 
@@ -122,6 +124,15 @@ def _filters(since: datetime | None, until: datetime | None, event_type: str | N
     if event_type is not None:
         conditions.append(archive.c.event_type == event_type)
     return conditions
+
+
+def _fitting(value: Any) -> str | None:
+    """``value`` as text if it fits its column whole, else None (no event can have such an id:
+    the distiller rejects it as ``bad_identifier``)."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= KEY_LENGTH else None
 
 
 def _clip(value: Any) -> str | None:
