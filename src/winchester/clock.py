@@ -23,6 +23,7 @@ All readings are naive UTC datetimes, like every datetime in Winchester.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal, Protocol
@@ -96,6 +97,10 @@ class EventClock:
         self.max_skew = max_skew
         self._reader = reader
         self._candidates: list[datetime] = []
+        # Pipelined ingest observes events in one thread while its writer
+        # folds in the shared value in another: without the lock, an observe
+        # could overwrite a later synced value and move time backwards.
+        self._lock = threading.Lock()
         if reader is not None:
             self.refresh()
 
@@ -117,6 +122,10 @@ class EventClock:
         return self._now
 
     def observe(self, timestamp: datetime) -> Verdict:
+        with self._lock:
+            return self._observe(timestamp)
+
+    def _observe(self, timestamp: datetime) -> Verdict:
         now = self._now
         if now is None:
             self._now = timestamp
@@ -138,8 +147,11 @@ class EventClock:
 
     def synced(self, value: datetime | None) -> None:
         """Fold in the shared value (never moves backwards)."""
-        if value is not None and (self._now is None or value > self._now):
-            self._now = value
+        if value is None:
+            return
+        with self._lock:
+            if self._now is None or value > self._now:
+                self._now = value
 
     def refresh(self) -> None:
         if self._reader is not None:
