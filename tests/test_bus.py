@@ -11,6 +11,7 @@ import logging
 import re
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -666,6 +667,32 @@ def test_a_callback_may_unsubscribe_itself_without_losing_other_messages(buses):
     everything.wait_count(60)
     assert sorted(data["n"] for _, data in everything.calls) == list(range(60))
     assert len(once.calls) >= 1
+
+
+def test_a_callback_cut_short_by_close_is_neither_redelivered_nor_dead_lettered(buses, caplog):
+    """A callback that fails only because the bus is closing (its publish raises BusClosed) is not
+    the message's fault: no redelivery warning, no dead letter, the message goes back to its queue."""
+    bus = buses.new()
+    started, closing = threading.Event(), threading.Event()
+
+    def forward(topic, data):
+        started.set()
+        closing.wait(WAIT)
+        bus.publish("forwarded", data)
+
+    bus.subscribe("incoming", forward)
+    bus.publish("incoming", {"n": 1})
+    assert started.wait(WAIT)
+    closer = threading.Thread(target=bus.close)
+    with caplog.at_level(logging.WARNING, logger="winchester.bus"):
+        closer.start()
+        while bus.running:
+            time.sleep(0.01)
+        closing.set()
+        closer.join(WAIT)
+    assert not closer.is_alive()
+    assert bus.dead_lettered == []
+    assert [r.getMessage() for r in caplog.records if "redelivering" in r.getMessage()] == []
 
 
 def test_close_does_not_wait_for_requests_pending_in_callbacks(buses):

@@ -358,6 +358,14 @@ class Bus:
         try:
             callback(topic, data)
         except Exception as exc:  # noqa: BLE001 - any callback failure means "try again"
+            if self._state != "running":
+                # The bus closed under the callback (BusClosed from a publish or a
+                # request): not the message's fault. Back to its queue for the next
+                # consumer, neither counted as an attempt nor dead-lettered.
+                logger.debug("subscription %s: bus closing, %r goes back to its queue (%s)",
+                             consumption.id, topic, describe(exc))
+                message.requeue()
+                return
             if attempts <= self.max_redeliveries:
                 logger.warning("subscription %s: callback failed on %r (attempt %d of %d), "
                                "redelivering: %s", consumption.id, topic, attempts,
