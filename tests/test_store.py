@@ -418,3 +418,37 @@ def test_postgresql_writers_do_not_take_turns(postgres_url):
         assert store.ingest([IngestItem(event("m-1"), [], datetime(2014, 8, 1))]).saved == 1
     finally:
         store.close()
+
+
+def test_reading_the_archive_never_skips_a_batch_that_commits_after_a_later_one(postgres_url):
+    """PostgreSQL gives archive ids out at insert, not at commit: a persistor batch holding id 1
+    commits after another's id 2. A read that began in between (a replay, an export) waits for it
+    instead of paging past id 2 and missing id 1 for good."""
+    import threading
+
+    from winchester.store._schema import archive
+
+    engine = create_engine(postgres_url)
+    upgrade(engine)
+    engine.dispose()
+    store = Store.from_url(postgres_url)
+    try:
+        now = datetime(2026, 12, 4, 12, 0)
+        slow = store.engine.connect()
+        slow_batch = slow.begin()
+        slow.execute(archive.insert().values(received_at=now, message_id="first-in", status="archived",
+                                             body=b"{}"))
+        store.archive_notifications([{"received_at": now, "message_id": "second-in", "body": b"{}",
+                                      "status": "archived"}])
+        read: list[str] = []
+        reader = threading.Thread(target=lambda: read.extend(
+            row.message_id for row in store.iter_archive()))
+        reader.start()
+        reader.join(0.5)  # the reader is waiting for the slow batch (or, unfixed, done without it)
+        slow_batch.commit()
+        slow.close()
+        reader.join(30)
+        assert not reader.is_alive()
+        assert read == ["first-in", "second-in"]
+    finally:
+        store.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,6 +13,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from winchester.store._schema import KEY_LENGTH, archive
+
+logger = logging.getLogger(__name__)
 
 ARCHIVED, REJECTED = "archived", "rejected"
 
@@ -71,15 +75,20 @@ class ArchiveStore:
 
     def iter_archive(self, since: datetime | None = None, until: datetime | None = None,
                      event_type: str | None = None, batch: int = 1000,
-                     after_id: int = 0) -> Iterator[ArchivedNotification]:
+                     after_id: int = 0, settle_seconds: float = 30.0) -> Iterator[ArchivedNotification]:
         """Archived notifications in arrival order, read a page at a time (memory stays flat).
 
         ``since``/``until`` bound the notification's own timestamp
         (``generated``); rows without one are included only when neither is given.
+        What is read is the archive as it stood when the iteration began, and
+        all of it: see :meth:`_settled_archive_id` (waits at most ``settle_seconds``).
         """
         last = after_id
+        through = self._settled_archive_id(settle_seconds)
         while True:
-            query = (sa.select(archive).where(archive.c.id > last, *_filters(since, until, event_type))
+            query = (sa.select(archive)
+                     .where(archive.c.id > last, archive.c.id <= through,
+                            *_filters(since, until, event_type))
                      .order_by(archive.c.id).limit(batch))
             with self.engine.connect() as connection:
                 rows = connection.execute(query).all()
@@ -96,11 +105,46 @@ class ArchiveStore:
                      after_id: int, limit: int) -> list[ArchivedNotification]:
         """One page of :meth:`iter_archive` (the API's paging)."""
         page = []
-        for row in self.iter_archive(since, until, event_type, batch=limit, after_id=after_id):
+        # A request waits a little for archive writes in flight, not as long as a replay would.
+        for row in self.iter_archive(since, until, event_type, batch=limit, after_id=after_id,
+                                     settle_seconds=2.0):
             page.append(row)
             if len(page) >= limit:
                 break
         return page
+
+    def _settled_archive_id(self, settle_seconds: float) -> int:
+        """The archive's largest id, once no row with a smaller one can still appear.
+
+        PostgreSQL hands out ids when rows are inserted, not when they are
+        committed: a persistor's batch holding ids 100-199 can commit after
+        another's 200-299. Paging by id past 299 would then skip 100-199 for
+        good. So the newest id is read, then every transaction running at that
+        moment is waited for (up to ``settle_seconds``; a session idle in a
+        transaction for longer gets a warning, and its rows may be missed).
+        SQLite has one writer at a time: ids are committed in order.
+        """
+        with self.engine.connect() as connection:
+            newest = connection.execute(sa.select(sa.func.coalesce(sa.func.max(archive.c.id), 0))
+                                        ).scalar_one()
+            if self._dialect != "postgresql":
+                return newest
+            running_before = connection.exec_driver_sql(
+                "SELECT pg_snapshot_xmax(pg_current_snapshot())::text").scalar_one()
+        deadline = time.monotonic() + settle_seconds
+        while True:
+            with self.engine.connect() as connection:
+                settled = connection.exec_driver_sql(
+                    "SELECT pg_snapshot_xmin(pg_current_snapshot()) >= %s::xid8",
+                    (running_before,)).scalar_one()
+            if settled:
+                return newest
+            if time.monotonic() >= deadline:
+                logger.warning("archive: transactions older than %.0fs are still open; archived "
+                               "notifications they commit later are not in this read",
+                               settle_seconds)
+                return newest
+            time.sleep(0.02)
 
     def trim_archive(self, received_before: datetime, limit: int = 10_000) -> int:
         """Delete up to ``limit`` archived notifications received before ``received_before``."""
