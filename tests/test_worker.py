@@ -548,6 +548,21 @@ def test_the_worker_reconnects_after_postgresql_drops_its_connections(postgres_u
 # -- failures between running a pipeline and recording it ------------------------------------
 
 
+def fail_once(monkeypatch, store, method: str, after: int = 0) -> None:
+    """``store.<method>`` raises StoreError (the database went away) on call ``after + 1`` only."""
+    from winchester.store import StoreError
+
+    real = getattr(store, method)
+    calls = iter(range(after + 1))
+
+    def flaky(*args, **kwargs):
+        if next(calls, None) == after:
+            raise StoreError("database write failed: connection reset")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, method, flaky)
+
+
 def test_outcomes_that_could_not_be_recorded_are_recorded_later_without_running_again(store, monkeypatch):
     """The database fails while recording: the next loop records the outcomes; no commit() runs twice."""
     from winchester.store import StoreError
@@ -556,15 +571,7 @@ def test_outcomes_that_could_not_be_recorded_are_recorded_later_without_running_
     journal = Journal()
     ingest(store, triggers, [event(f"end{i}", "compute.end", instance=f"i{i}") for i in range(3)])
     runner = worker(store, triggers, pipelines(on_fire=[journal.handler("a")]), T0 + timedelta(hours=1))
-    real_finish = store.finish_streams
-    failures = iter([True])
-
-    def flaky_finish(*args, **kwargs):
-        if next(failures, False):
-            raise StoreError("database write failed: connection reset")
-        return real_finish(*args, **kwargs)
-
-    monkeypatch.setattr(store, "finish_streams", flaky_finish)
+    fail_once(monkeypatch, store, "finish_streams")
     with pytest.raises(StoreError):
         runner.run_until_idle()
     assert set(states(store).values()) == {"firing"}
@@ -587,15 +594,7 @@ def test_streams_run_before_a_lease_renewal_failed_are_recorded_not_run_again(st
     # the second fails after one stream has run.
     runner = worker(store, triggers, pipelines(on_fire=[journal.handler("a")]), now,
                     lease=timedelta(0))
-    real_extend = store.extend_claims
-    failures = iter([False, True])
-
-    def flaky_extend(*args, **kwargs):
-        if next(failures, False):
-            raise StoreError("database write failed: connection reset")
-        return real_extend(*args, **kwargs)
-
-    monkeypatch.setattr(store, "extend_claims", flaky_extend)
+    fail_once(monkeypatch, store, "extend_claims", after=1)
     with pytest.raises(StoreError):
         runner.process(FIRE)
     assert len(journal.of("a", "commit")) == 1
