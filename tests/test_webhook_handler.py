@@ -210,6 +210,43 @@ def test_a_timeout_is_retried(receiver):
     assert len(receiver.requests) == 2
 
 
+def test_an_answer_trickled_byte_by_byte_is_read_only_until_the_attempts_deadline():
+    """httpx's timeout bounds each read; a receiver that sends its answer a byte at a time, each
+    within it, is cut off at the attempt's deadline instead of holding the worker for ever."""
+    sent: list[int] = []
+    hung_up = threading.Event()
+
+    class Trickle(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            try:
+                for _ in range(100):  # 20 s in all, each byte well within the timeout
+                    self.wfile.write(b".")
+                    self.wfile.flush()
+                    sent.append(1)
+                    time.sleep(0.2)
+            except OSError:
+                hung_up.set()
+
+        def log_message(self, format, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+    try:
+        run(WebhookHandler(url=f"http://127.0.0.1:{server.server_address[1]}/hook", timeout=1.0,
+                           retries=0), [event()])  # a 2xx status: delivered
+        assert hung_up.wait(10)
+        assert len(sent) < 100
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_nothing_is_posted_before_commit_or_on_rollback(receiver):
     """handle_events only prepares; rollback forgets; a later commit posts nothing."""
     handler = WebhookHandler(url=receiver.url)

@@ -109,7 +109,9 @@ class WebhookHandler(Handler):
     ``url`` (required)
         ``http://`` or ``https://``.
     ``timeout`` (10 s)
-        For each attempt (connect, send, and wait for the answer).
+        For each attempt: connecting, sending and each wait for the receiver are
+        bounded by it, and the answer's body is read only until that long after
+        the attempt began (a 2xx status already counts as delivered).
     ``retries`` (3) and ``backoff`` (0.5 s)
         Attempts after the first, and the wait before the first retry; each
         wait is twice the one before.
@@ -257,17 +259,22 @@ class WebhookHandler(Handler):
         status: int | None = None
         last = ""
         for attempt in range(1, attempts + 1):
+            # httpx's timeout bounds each socket operation; a receiver trickling its
+            # answer a byte at a time would keep the attempt going for ever. The
+            # answer's body is read only until the attempt's deadline.
+            deadline = time.monotonic() + self.timeout
             try:
-                response = client.post(self.url, content=body, headers=headers,
-                                       timeout=self.timeout)
+                with client.stream("POST", self.url, content=body, headers=headers,
+                                   timeout=self.timeout) as response:
+                    status = response.status_code
+                    answer = _read_until(response, deadline)
             except httpx.TransportError as exc:  # connect errors, timeouts, dropped connections
                 status, last = None, f"{type(exc).__name__}: {exc}"
             else:
-                status = response.status_code
                 if 200 <= status < 300:
                     logger.debug("POST %s (%s): HTTP %d", self.shown_url, what, status)
                     return
-                last = f"HTTP {status} {response.reason_phrase}: {_excerpt(response)}"
+                last = f"HTTP {status} {response.reason_phrase}: {_excerpt(answer)}"
                 if status != 429 and status < 500:
                     raise WebhookError(f"POST {self.shown_url} ({what}) was refused with {last} "
                                        "(not retried: sending it again would not help)",
@@ -289,8 +296,23 @@ def idempotency_key(stream_id: Any, events: Sequence[Event]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _excerpt(response: httpx.Response) -> str:
-    text = " ".join(response.text.split())
+# Enough of an answer for an error message; the rest is not read.
+_ANSWER_LIMIT = 64 * 1024
+
+
+def _read_until(response: httpx.Response, deadline: float) -> bytes:
+    """The start of the answer's body, read until ``deadline`` at the latest (then the
+    connection is dropped, not kept for the next request)."""
+    received = bytearray()
+    for chunk in response.iter_bytes():
+        received += chunk
+        if len(received) >= _ANSWER_LIMIT or time.monotonic() >= deadline:
+            break
+    return bytes(received)
+
+
+def _excerpt(answer: bytes) -> str:
+    text = " ".join(answer.decode("utf-8", "replace").split())
     return text[:_EXCERPT] + ("..." if len(text) > _EXCERPT else "") if text else "(empty body)"
 
 
