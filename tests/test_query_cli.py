@@ -307,3 +307,16 @@ def test_an_unreachable_api_exits_2(loaded):
     port = free_port()
     result = loaded.cli("streams", "list", "--url", f"http://127.0.0.1:{port}")
     assert result.exit_code == 2 and "cannot reach the API" in result.output
+
+
+def test_each_trait_option_is_one_filter_whatever_its_value_holds():
+    """`-t display_name:web,01` is one filter on "web,01": the API would read a lone filter's
+    commas as separators (klugman's form), so each option is sent ending with ';'."""
+    from winchester.api._params import parse_traits
+    from winchester.cli._options import trait_filters
+
+    [only] = parse_traits("traits", trait_filters(("display_name:web,01",)))
+    assert (only.name, only.value) == ("display_name", "web,01")
+    both = parse_traits("traits", trait_filters(("display_name:web,role:db", "memory_mb:int:512")))
+    assert [(f.name, f.value) for f in both] == [("display_name", "web,role:db"), ("memory_mb", 512)]
+    assert trait_filters(()) is None

@@ -3,7 +3,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from winchester.cli._options import config_option
+from winchester.cli._options import config_option, trait_filters
 from winchester.cli._query import (
     events_table,
     json_option,
@@ -33,7 +33,7 @@ event_filters = with_options([
 
 def _params(name, from_, to, traits, mark=None, limit=None) -> dict[str, str | None]:
     return {"event_name": name, "from_datetime": from_, "to_datetime": to,
-            "traits": ";".join(traits) or None, "mark": mark,
+            "traits": trait_filters(traits), "mark": mark,
             "limit": None if limit is None else str(limit)}
 
 

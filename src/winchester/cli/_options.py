@@ -15,6 +15,12 @@ CONFIG_ENV = "WINCHESTER_CONFIG"
 # Stream ids are 64-bit integers on every store; a larger one is a usage error, not an overflow.
 STREAM_ID = click.IntRange(1, 2**63 - 1)
 
+
+def trait_filters(filters: tuple[str, ...]) -> str | None:
+    """Repeated ``-t NAME:VALUE`` options as the API's traits parameter. Each ends with ``;``:
+    without one, the API would split a lone filter's value at its commas (klugman's form)."""
+    return "".join(f"{text};" for text in filters) or None
+
 config_option = click.option(
     "-c", "--config", "config_file",
     envvar=CONFIG_ENV, show_envvar=True, default="winchester.yaml", show_default=True,

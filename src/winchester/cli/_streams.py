@@ -5,7 +5,7 @@ import sys
 import click
 from rich.table import Table
 
-from winchester.cli._options import STREAM_ID, config_option
+from winchester.cli._options import STREAM_ID, config_option, trait_filters
 from winchester.cli._query import (
     events_table,
     json_option,
@@ -40,7 +40,7 @@ stream_filters = with_options([
 
 def _params(name, state, from_, to, traits, mark=None, limit=None, details=False) -> dict[str, str | None]:
     return {"trigger_name": name, "state": state, "younger_than": from_, "older_than": to,
-            "distinguishing_traits": ";".join(traits) or None, "mark": mark,
+            "distinguishing_traits": trait_filters(traits), "mark": mark,
             "limit": None if limit is None else str(limit), "details": "true" if details else None}
 
 
