@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -185,7 +186,7 @@ def run_cli(*args, env=None):
     return CliRunner().invoke(main, list(args), catch_exceptions=False, env=env)
 
 
-HEAD = "0005"
+HEAD = "0006"
 
 
 def test_db_commands_manage_the_schema(database_url):
@@ -198,10 +199,37 @@ def test_db_commands_manage_the_schema(database_url):
     assert run_cli("db", "current", "-c", config, env=env).output.strip() == f"{HEAD} (head)"
     history = run_cli("db", "history", "-c", config, env=env).output
     assert all(step in history for step in ("base -> 0001", "0001 -> 0002", "0002 -> 0003",
-                                            "0003 -> 0004", f"0004 -> {HEAD}"))
+                                            "0003 -> 0004", "0004 -> 0005", f"0005 -> {HEAD}"))
     assert "downgraded to 0001" in run_cli("db", "downgrade", "0001", "-c", config, env=env).output
     assert "downgraded to nothing" in run_cli("db", "downgrade", "base", "-c", config, env=env).output
     assert f"stamped at {HEAD}" in run_cli("db", "stamp", "head", "-c", config, env=env).output
+
+
+def test_db_index_traits_fills_in_a_trait_indexed_after_events_were_stored(tmp_path, database_url):
+    """`db index-traits`: after tenant_id joins indexed_traits, it adds the index rows of the
+    events stored before, with a progress bar, and then has nothing left to do."""
+    env = {"WINCHESTER_DATABASE_URL": database_url}
+    assert run_cli("db", "upgrade", "-c", str(CONFIG), env=env).exit_code == 0
+    settings = load_settings(CONFIG, environ=env)
+    triggers = load_trigger_definitions(settings)
+    store = open_store(settings, triggers)
+    try:
+        Ingester(store, triggers, build_distiller(settings), FixedClock(DAY1)).add_notifications(
+            [orjson.dumps(nova("compute.instance.update", f"i-{n}", DAY1 + timedelta(minutes=n)))
+             for n in range(3)])
+    finally:
+        store.close()
+    config = tmp_path / "winchester.yaml"
+    for name in ("event_definitions.yaml", "triggers.yaml", "pipelines.yaml"):
+        shutil.copy(CONFIG.parent / name, tmp_path / name)
+    config.write_text(CONFIG.read_text() + "\nindexed_traits: [instance_id, tenant_id]\n")
+    result = run_cli("db", "index-traits", "-c", str(config), "--quiet", env=env)
+    assert result.exit_code == 0, result.output
+    assert "tenant_id: 3 index row(s) added for the events up to id 3" in result.output
+    result = run_cli("db", "index-traits", "-c", str(config), env=env)
+    assert "nothing to do" in result.output
+    result = run_cli("db", "index-traits", "-c", str(config), "--name", "flavor", env=env)
+    assert result.exit_code == 2 and "not an indexed trait: flavor" in result.output
 
 
 def test_migration_0005_rewrites_open_stream_keys_both_ways(database_url):

@@ -452,3 +452,35 @@ def test_reading_the_archive_never_skips_a_batch_that_commits_after_a_later_one(
         assert read == ["first-in", "second-in"]
     finally:
         store.close()
+
+
+def test_a_trait_indexed_after_events_were_stored_still_finds_them_and_can_be_filled_in(migrated_url):
+    """Adding a trait to indexed_traits later: filters on it find the events stored before (from
+    their JSON) as well as the new ones (typed rows), and index_traits fills in the old rows."""
+    from winchester.store import EventQuery, TraitFilter
+
+    before = Store.from_url(migrated_url, indexed_traits={"instance_id"})
+    before.save_events([event("old", flavor="m1.small"), event("other", flavor="m1.large")])
+    before.close()
+    query = EventQuery(traits=(TraitFilter("flavor", "m1.small"),))
+    after = Store.from_url(migrated_url, indexed_traits={"instance_id", "flavor"})
+    try:
+        after.save_events([event("new", flavor="m1.small")])
+        assert sorted(found.event["message_id"] for found in after.query_events(query)) == ["new", "old"]
+        assert after.count_events_matching(query) == 2
+        assert after.index_coverage() == {"flavor": 2}  # the events stored before it, ids 1 and 2
+        assert sorted(after.find_events_by_trait("flavor", "m1.small")) == ["new"]  # typed rows alone
+        progress: list[tuple[str, int, int]] = []
+        assert after.index_traits(batch=1, progress=lambda *step: progress.append(step)) == {"flavor": 2}
+        assert progress == [("flavor", 1, 2), ("flavor", 2, 2)]
+        assert sorted(after.find_events_by_trait("flavor", "m1.small")) == ["new", "old"]
+        assert after.index_coverage() == {}
+        assert after.index_traits() == {}  # nothing left to do
+    finally:
+        after.close()
+    again = Store.from_url(migrated_url, indexed_traits={"instance_id", "flavor"})
+    try:
+        assert again.index_coverage() == {}
+        assert sorted(found.event["message_id"] for found in again.query_events(query)) == ["new", "old"]
+    finally:
+        again.close()

@@ -160,3 +160,56 @@ def stamp_command(ctx: click.Context, revision: str, config_file: str | None) ->
 def winchester_db() -> None:
     """Entry point of the ``winchester_db`` console script (the original's name)."""
     db(prog_name="winchester_db")
+
+
+@db.command("index-traits")
+@click.option("--name", "names", multiple=True, metavar="TRAIT",
+              help="Only this indexed trait (repeatable) [default: every one that needs it].")
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=5000, show_default=True,
+              help="Events read per transaction.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_sub_config
+@click.pass_context
+@_reported
+def index_traits_command(ctx: click.Context, names: tuple[str, ...], batch_size: int, quiet: bool,
+                         config_file: str | None) -> None:
+    """Fill in the index rows of traits indexed after events were stored.
+
+    A trait added to indexed_traits (or a trigger's new distinguishing trait)
+    is indexed for the events stored after the change. Until this has run,
+    filters on it read the older events' JSON (slowly). Restart every ingest
+    process on the new configuration first; ingest may go on meanwhile, and
+    running it again adds only what is still missing.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from winchester.cli._setup import open_parts
+
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    parts = open_parts(config_file or ctx.obj["config_file"], console)
+    store = parts.store
+    try:
+        pending = store.index_coverage()
+        unknown = sorted(set(names) - set(store.indexed_traits))
+        if unknown:
+            console.print(f"error: not an indexed trait: {', '.join(unknown)} (indexed: "
+                          f"{', '.join(sorted(store.indexed_traits))})", markup=False)
+            sys.exit(2)
+        wanted = [name for name in sorted(pending) if not names or name in names]
+        if not wanted:
+            click.echo("every indexed trait is indexed for every stored event: nothing to do")
+            return
+        progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                            TextColumn("event {task.completed:,.0f} of {task.total:,.0f}"),
+                            TimeElapsedColumn(), console=console, disable=quiet)
+        tasks = {name: progress.add_task(f"{name:<24}", total=pending[name]) for name in wanted}
+        with progress:
+            added = store.index_traits(wanted, batch_size,
+                                       lambda name, reached, _: progress.update(tasks[name],
+                                                                                completed=reached))
+        for name in wanted:
+            click.echo(f"{name}: {added.get(name, 0):,} index row(s) added for the events up to "
+                       f"id {pending[name]:,}")
+    finally:
+        store.close()

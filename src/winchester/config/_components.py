@@ -84,6 +84,7 @@ def open_store(settings: Settings, triggers: TriggerSet | None = None, check: bo
     if check:
         try:
             store.check_schema(str(settings.source) if settings.source else "winchester.yaml")
+            store.index_coverage()
         except Exception:
             store.close()
             raise

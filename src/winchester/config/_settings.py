@@ -345,7 +345,8 @@ KEYS: tuple[Key, ...] = (
     Key("trim_events_batch_size", _positive_int, 100, help="Events deleted per trimming batch."),
     Key("indexed_traits", _name_list, ["instance_id"],
         help="Traits copied into the typed, indexed trait table so queries can filter on them "
-             "(every trigger's distinguishing traits are added automatically)."),
+             "(every trigger's distinguishing traits are added automatically); after adding one, "
+             "`winchester db index-traits` indexes the events stored before."),
     Key("log_level", _log_level, "info",
         help="Level of the `winchester` loggers: debug, info, warning, error, critical."),
     Key("logging_config", _optional_text, None,

@@ -8,7 +8,9 @@ the database as a bound parameter.
 Trait filters on events use the typed, indexed ``event_traits`` table for
 the traits it holds (``indexed_traits`` and every distinguishing trait); any
 other trait is compared inside the event's JSON document, which works on
-every database but reads every event the other filters leave.
+every database but reads every event the other filters leave. A trait
+indexed after events were stored is looked up both ways: typed rows for the
+events since, the JSON of the events before (see ``Store.index_coverage``).
 Distinguishing-trait filters on streams compare the stream's canonical key
 (a text search narrowed by the other filters), then check the decoded
 traits exactly.
@@ -97,6 +99,11 @@ class QueryStore:
     engine: Any
     indexed_traits: frozenset[str]
     _postgresql: bool
+    # Indexed trait name -> the newest event id that may lack its typed row (the
+    # name was indexed later); names indexed from the start are not in it.
+    _unindexed_through: dict[str, int]
+    _coverage_known: bool
+    index_coverage: Callable[[], dict[str, int]]
 
     # -- events ----------------------------------------------------------------------------
 
@@ -120,6 +127,8 @@ class QueryStore:
             return connection.execute(statement).scalar_one()
 
     def _event_conditions(self, query: EventQuery) -> list[Any]:
+        if query.traits and not self._coverage_known:
+            self.index_coverage()
         conditions: list[Any] = []
         if query.since is not None:
             conditions.append(events.c.generated > query.since)
@@ -141,8 +150,13 @@ class QueryStore:
         if trait.name in self.indexed_traits and not (isinstance(value, str) and len(value) > 255):
             column = {str: event_traits.c.t_string, int: event_traits.c.t_int,
                       float: event_traits.c.t_float, datetime: event_traits.c.t_datetime}[type(value)]
-            return events.c.id.in_(sa.select(event_traits.c.event_id)
-                                   .where(event_traits.c.name == trait.name, column == value))
+            typed = events.c.id.in_(sa.select(event_traits.c.event_id)
+                                    .where(event_traits.c.name == trait.name, column == value))
+            older = self._unindexed_through.get(trait.name)
+            if older:
+                return sa.or_(typed, sa.and_(events.c.id <= older,
+                                             self._json_trait_condition(trait.name, value)))
+            return typed
         return self._json_trait_condition(trait.name, value)
 
     def _json_trait_condition(self, name: str, value: Any) -> Any:

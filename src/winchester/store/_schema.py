@@ -79,6 +79,14 @@ event_traits = sa.Table(
     sqlite_with_rowid=False,
 )
 
+# Which traits are indexed (migration 0006), and up to which event id the typed rows may be
+# missing: the name was indexed after those events were stored (0: none missing).
+indexed_traits = sa.Table(
+    "indexed_traits", metadata,
+    sa.Column("name", sa.String(KEY_LENGTH), primary_key=True),
+    sa.Column("since_event_id", sa.BigInteger, nullable=False),
+)
+
 STREAM_STATES = ("active", "firing", "expiring", "error", "expire_error", "completed",
                  "retry_fire", "retry_expire")
 

@@ -8,7 +8,7 @@ import random
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -30,6 +30,7 @@ from winchester.store._engine import WalCheckpointer, create_engine, is_postgres
 from winchester.store._schema import activity
 from winchester.store._schema import clocks as clocks_table
 from winchester.store._schema import dead_letters as dead_letters_table
+from winchester.store._schema import indexed_traits as indexed_traits_table
 from winchester.store._archive import ArchiveStore
 from winchester.store._query import QueryStore
 from winchester.store._work import WorkQueue, event_from_columns
@@ -166,6 +167,8 @@ class Store(WorkQueue, ArchiveStore, QueryStore):
         self._bulk = writer_for(self._dialect)
         self._indexed_names = tuple(sorted(
             self.indexed_traits - {"message_id", "event_type", "timestamp"}))
+        self._unindexed_through: dict[str, int] = {}
+        self._coverage_known = False
         # Activity counts are bucketed in real time, whatever clock the caller uses.
         self.wall_clock = WallClock()
         self.activity_source = f"{socket.gethostname()}-{os.getpid()}"[:KEY_LENGTH]
@@ -302,8 +305,9 @@ class Store(WorkQueue, ArchiveStore, QueryStore):
                 self._bulk.insert_traits(connection, trait_rows)
         return inserted
 
-    def _trait_rows(self, event_id: int, event: Event) -> Iterator[TraitRow]:
-        for name in self._indexed_names:
+    def _trait_rows(self, event_id: int, event: Event,
+                    names: Sequence[str] | None = None) -> Iterator[TraitRow]:
+        for name in self._indexed_names if names is None else names:
             value = event.get(name)
             if value is None:
                 continue
@@ -317,6 +321,94 @@ class Store(WorkQueue, ArchiveStore, QueryStore):
                 yield (event_id, name, TRAIT_FLOAT, None, None, value, None)
             else:
                 yield (event_id, name, TRAIT_DATETIME, None, None, None, value)
+
+    # -- indexed traits ----------------------------------------------------------------
+
+    def index_coverage(self) -> dict[str, int]:
+        """Record the indexed traits this store was opened with; returns those indexed after
+        events were stored, each with the newest event id that may lack its typed row.
+
+        A name seen for the first time is recorded with the newest event id
+        now stored: the events up to it were stored without its typed rows.
+        Until :meth:`index_traits` fills them in, filters on such a name
+        also read the JSON of those events (correct, and slow).
+        """
+        names = self._indexed_names
+        first_look, self._coverage_known = not self._coverage_known, True
+        read = sa.select(indexed_traits_table.c.name, indexed_traits_table.c.since_event_id)
+        with self._reading() as connection:
+            known = dict(connection.execute(read).all())
+
+        def record(connection: Connection) -> dict[str, int]:
+            newest = connection.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.id), 0))
+                                        ).scalar_one()
+            connection.execute(self._insert_ignore(indexed_traits_table, ["name"]),
+                               [{"name": name, "since_event_id": newest} for name in missing])
+            return dict(connection.execute(read).all())
+
+        missing = [name for name in names if name not in known]
+        if missing:
+            try:
+                known = self._retrying(record)
+            except StoreError as exc:
+                # A read-only database user (an API beside the writers): the
+                # first writer opened with this configuration records them.
+                logger.warning("could not record the indexed traits %s (%s)", ", ".join(missing), exc)
+        self._unindexed_through = {name: known[name] for name in names if known.get(name)}
+        for name, through in sorted(self._unindexed_through.items()) if first_look else ():
+            logger.warning("trait %r was indexed after events were stored: filters on it read the "
+                           "JSON of the events up to id %d (slowly) until `winchester db "
+                           "index-traits` fills in their index rows", name, through)
+        return dict(self._unindexed_through)
+
+    def index_traits(self, names: Iterable[str] | None = None, batch: int = 5000,
+                     progress: Callable[[str, int, int], Any] | None = None) -> dict[str, int]:
+        """Fill in the typed rows of events stored before their trait was indexed (see
+        :meth:`index_coverage`); returns the rows added per name.
+
+        Batch after batch of ``batch`` events, each its own transaction, so
+        ingest goes on meanwhile; ``progress(name, event_id_reached,
+        last_event_id)`` after each. Running it again, or after it was
+        interrupted, adds only what is still missing.
+        """
+        pending = self.index_coverage()
+        wanted = sorted(pending if names is None else set(names) & set(pending))
+        added: dict[str, int] = {}
+        for name in wanted:
+            through = pending[name]
+            reached = 0
+            added[name] = 0
+            while reached < through:
+                def fill(connection: Connection, start: int = reached) -> tuple[int, int]:
+                    rows = connection.execute(
+                        sa.select(events.c.id, events.c.message_id, event_types.c.name,
+                                  events.c.generated, events.c.traits)
+                        .join(event_types, events.c.event_type_id == event_types.c.id)
+                        .where(events.c.id > start, events.c.id <= through)
+                        .order_by(events.c.id).limit(batch)).all()
+                    trait_rows = [trait for row in rows for trait in self._trait_rows(
+                        row[0], event_from_columns(*row[1:]), (name,))]
+                    if trait_rows:
+                        # A process already indexing the name may have written some.
+                        connection.execute(self._insert_ignore(event_traits, ["event_id", "name"]), [
+                            dict(zip(_TRAIT_COLUMNS, trait, strict=True)) for trait in trait_rows])
+                    return (rows[-1][0] if rows else through), len(trait_rows)
+
+                reached, count = self._retrying(fill)
+                added[name] += count
+                if progress is not None:
+                    progress(name, reached, through)
+
+            def done(connection: Connection) -> None:
+                connection.execute(indexed_traits_table.update()
+                                   .where(indexed_traits_table.c.name == name)
+                                   .values(since_event_id=0))
+
+            self._retrying(done)
+            self._unindexed_through.pop(name, None)
+            logger.info("trait %r: %d index row(s) added for the events stored before it was "
+                        "indexed", name, added[name])
+        return added
 
     def save_events(self, batch: Sequence[Event]) -> IngestResult:
         """Store events that belong to no trigger (duplicates change nothing)."""
@@ -338,6 +430,8 @@ class Store(WorkQueue, ArchiveStore, QueryStore):
         """
         if not items and not dead_letters and clock is None:
             return IngestResult()
+        if not self._coverage_known:
+            self.index_coverage()
         type_ids = self._event_type_ids_for({item.event["event_type"] for item in items})
         letters = _dead_letter_rows(dead_letters, now or max(
             (item.now for item in items), default=datetime(1970, 1, 1)))
@@ -672,6 +766,9 @@ def _traits_json(event: Event) -> str:
     del traits["message_id"], traits["event_type"], traits["timestamp"]
     return orjson.dumps(traits, default=_encode_datetime,
                         option=orjson.OPT_PASSTHROUGH_DATETIME).decode()
+
+
+_TRAIT_COLUMNS = ("event_id", "name", "type", "t_string", "t_int", "t_float", "t_datetime")
 
 
 def _dead_letter_rows(letters: Sequence[Mapping[str, Any]], now: datetime) -> list[dict[str, Any]]:
