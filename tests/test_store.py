@@ -484,3 +484,19 @@ def test_a_trait_indexed_after_events_were_stored_still_finds_them_and_can_be_fi
         assert sorted(found.event["message_id"] for found in again.query_events(query)) == ["new", "old"]
     finally:
         again.close()
+
+
+def test_recently_failed_streams_come_latest_failure_first_not_highest_id_first(store):
+    """An old stream that failed again a moment ago heads the list, ahead of newer streams that
+    failed earlier; streams in other states are not in it."""
+    from winchester.store._schema import streams
+
+    now = datetime(2014, 8, 1, 2)
+    store.ingest([IngestItem(event(f"m-{n}"), [_Match(f"k{n}")], now) for n in range(4)])
+    failed_at = {1: ("error", 5), 2: ("expire_error", 1), 3: ("error", 3), 4: ("active", 9)}
+    with store.engine.begin() as connection:
+        for stream_id, (state, minute) in failed_at.items():
+            connection.execute(streams.update().where(streams.c.id == stream_id).values(
+                state=state, updated_at=now + timedelta(minutes=minute)))
+    assert [s.id for s in store.recently_failed_streams(10)] == [1, 3, 2]
+    assert [s.id for s in store.recently_failed_streams(2)] == [1, 3]

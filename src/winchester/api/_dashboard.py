@@ -211,10 +211,7 @@ def build_dashboard(store: Any, triggers: Any, *, now: Callable[[], datetime],
             by_state.update(states)
         defined = [trigger.name for trigger in triggers]
         names = defined + sorted(set(by_trigger) - set(defined))
-        errors = sorted(
-            (stream for state in ("error", "expire_error")
-             for stream in store.query_streams(StreamQuery(state=state, limit=RECENT))),
-            key=lambda s: (s.updated_at, s.id), reverse=True)[:RECENT]
+        errors = store.recently_failed_streams(RECENT)
         wall = _wall_now(store)
         minutes, activity = _activity(store, wall)
         charts = [_chart("Ingest: events per minute", INGEST_SERIES, activity, minutes),

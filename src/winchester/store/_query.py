@@ -207,6 +207,16 @@ class QueryStore:
                     return found
                 mark = rows[-1].id
 
+    def recently_failed_streams(self, limit: int) -> list[Any]:
+        """The streams in an error state, the latest to fail first (by ``updated_at``, not id:
+        an old stream reset and failed again belongs at the top)."""
+        from winchester.store._store import _stream_from_row
+
+        statement = (sa.select(streams).where(streams.c.state.in_(("error", "expire_error")))
+                     .order_by(streams.c.updated_at.desc(), streams.c.id.desc()).limit(limit))
+        with self._reading() as connection:
+            return [_stream_from_row(row) for row in connection.execute(statement)]
+
     def count_streams_matching(self, query: StreamQuery) -> int:
         conditions = self._stream_conditions(query)
         if query.mark is not None:
