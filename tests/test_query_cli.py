@@ -5,7 +5,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 
 import orjson
 import pytest
@@ -238,10 +240,12 @@ def test_explain_needs_a_stream_or_an_event(loaded):
 # -- against a remote API ------------------------------------------------------------------------
 
 
-@pytest.fixture
-def api_url(loaded) -> Iterator[str]:
+@contextmanager
+def serving(loaded: Loaded, triggers=None) -> Iterator[str]:
+    """The API over the loaded database (with ``triggers`` as its definitions, by default the
+    configuration's), on a free port: its URL."""
     settings = load_settings(loaded.config.path, environ=loaded.env)
-    triggers = load_trigger_definitions(settings)
+    triggers = load_trigger_definitions(settings) if triggers is None else triggers
     store = open_store(settings, triggers)
     app = create_app(store, tokens=[TOKEN], triggers=triggers)
     port = free_port()
@@ -259,6 +263,33 @@ def api_url(loaded) -> Iterator[str]:
         server.should_exit = True
         thread.join(10)
         store.close()
+
+
+@pytest.fixture
+def api_url(loaded) -> Iterator[str]:
+    with serving(loaded) as url:
+        yield url
+
+
+def test_remote_stream_totals_count_the_streams_of_a_trigger_no_longer_defined(loaded):
+    """`streams list --url` heads its table with the totals by state that the database holds,
+    streams of a trigger since removed from the API's configuration included, as locally."""
+    from winchester.cli._query import LocalQueries, RemoteQueries
+    from winchester.triggers import load_triggers
+
+    settings = load_settings(loaded.config.path, environ=loaded.env)
+    store = open_store(settings)
+    try:
+        local = LocalQueries(store, None, datetime.now).counts_by_state()
+    finally:
+        store.close()
+    assert sum(local.values()) == 2
+    with serving(loaded, triggers=load_triggers([], "triggers.yaml")) as url:
+        remote = RemoteQueries(url, TOKEN)
+        try:
+            assert remote.counts_by_state() == local
+        finally:
+            remote.close()
 
 
 def test_the_remote_api_answers_what_the_database_does(loaded, api_url):

@@ -190,10 +190,15 @@ class RemoteQueries:
         return self._call("GET", f"/v1/events/{_segment(message_id)}/explain")
 
     def counts_by_state(self) -> dict[str, int]:
+        # Per state, not summed from /v1/triggers: that lists only the triggers still
+        # defined, and streams of a removed trigger count too (as they do locally).
+        from winchester.store import STREAM_STATES
+
         totals: dict[str, int] = {}
-        for trigger in self._call("GET", "/v1/triggers"):
-            for state, count in trigger.get("streams", {}).items():
-                totals[state] = totals.get(state, 0) + count
+        for state in STREAM_STATES:
+            [answer] = self._call("GET", "/v1/streams/count", {"state": state})
+            if answer["count"]:
+                totals[state] = answer["count"]
         return totals
 
     def _state_of(self, stream_id: int) -> str | None:
