@@ -426,20 +426,21 @@ def test_reading_the_archive_never_skips_a_batch_that_commits_after_a_later_one(
     instead of paging past id 2 and missing id 1 for good."""
     import threading
 
-    from winchester.store._schema import archive
-
     engine = create_engine(postgres_url)
     upgrade(engine)
     engine.dispose()
     store = Store.from_url(postgres_url)
     try:
         now = datetime(2026, 12, 4, 12, 0)
-        slow = store.engine.connect()
-        slow_batch = slow.begin()
-        slow.execute(archive.insert().values(received_at=now, message_id="first-in", status="archived",
-                                             body=b"{}"))
-        store.archive_notifications([{"received_at": now, "message_id": "second-in", "body": b"{}",
-                                      "status": "archived"}])
+        # Two persistors' batches, written as the store writes them. The later one began
+        # first (the older transaction id) and commits first; the slow one holds id 1.
+        fast, slow = store.engine.connect(), store.engine.connect()
+        fast_batch, slow_batch = fast.begin(), slow.begin()
+        fast.exec_driver_sql("SELECT pg_current_xact_id()")
+        store._bulk.insert_archive(slow, [(now, "first-in", None, None, None, "archived", None, b"{}")])
+        store._bulk.insert_archive(fast, [(now, "second-in", None, None, None, "archived", None, b"{}")])
+        fast_batch.commit()
+        fast.close()
         read: list[str] = []
         reader = threading.Thread(target=lambda: read.extend(
             row.message_id for row in store.iter_archive()))

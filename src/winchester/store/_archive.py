@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -119,32 +118,30 @@ class ArchiveStore:
         PostgreSQL hands out ids when rows are inserted, not when they are
         committed: a persistor's batch holding ids 100-199 can commit after
         another's 200-299. Paging by id past 299 would then skip 100-199 for
-        good. So the newest id is read, then every transaction running at that
-        moment is waited for (up to ``settle_seconds``; a session idle in a
-        transaction for longer gets a warning, and its rows may be missed).
-        SQLite has one writer at a time: ids are committed in order.
+        good. Every archive write holds a shared advisory lock until it
+        commits (taken before its ids), so after reading the newest id, taking
+        that lock exclusively waits for exactly the batches that may hold
+        smaller ones (up to ``settle_seconds``, then a warning: their rows may
+        be missed). SQLite has one writer at a time: ids are committed in order.
         """
         with self.engine.connect() as connection:
             newest = connection.execute(sa.select(sa.func.coalesce(sa.func.max(archive.c.id), 0))
                                         ).scalar_one()
-            if self._dialect != "postgresql":
-                return newest
-            running_before = connection.exec_driver_sql(
-                "SELECT pg_snapshot_xmax(pg_current_snapshot())::text").scalar_one()
-        deadline = time.monotonic() + settle_seconds
-        while True:
-            with self.engine.connect() as connection:
-                settled = connection.exec_driver_sql(
-                    "SELECT pg_snapshot_xmin(pg_current_snapshot()) >= %s::xid8",
-                    (running_before,)).scalar_one()
-            if settled:
-                return newest
-            if time.monotonic() >= deadline:
-                logger.warning("archive: transactions older than %.0fs are still open; archived "
-                               "notifications they commit later are not in this read",
-                               settle_seconds)
-                return newest
-            time.sleep(0.02)
+        if self._dialect != "postgresql":
+            return newest
+        from winchester.store._bulk import ARCHIVE_WRITERS_LOCK
+
+        try:
+            with self.engine.connect() as connection, connection.begin():
+                connection.exec_driver_sql(
+                    f"SET LOCAL lock_timeout = {max(1, int(settle_seconds * 1000))}")
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({ARCHIVE_WRITERS_LOCK})")
+        except sa.exc.DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
+                raise
+            logger.warning("archive: a batch of archived notifications has been committing for "
+                           "more than %.0fs; its notifications are not in this read", settle_seconds)
+        return newest
 
     def trim_archive(self, received_before: datetime, limit: int = 10_000) -> int:
         """Delete up to ``limit`` archived notifications received before ``received_before``."""

@@ -248,6 +248,10 @@ def _sqlite_insert(connection: Connection, head: str, rows: Sequence[Sequence[An
             + ") WHERE column1 IS NOT NULL", tuple(value for row in chunk for value in row))
 
 
+# An advisory lock key per schema (several Winchester schemas can share a database).
+ARCHIVE_WRITERS_LOCK = "hashtext(current_schema() || '.winchester.archive')"
+
+
 class PostgreSQLWriter(BulkWriter):
     """PostgreSQL: rows travel by COPY, the fastest way in; new rows are copied straight
     into their table, rows that may conflict or update go through a temporary table."""
@@ -345,6 +349,9 @@ class PostgreSQLWriter(BulkWriter):
         return found
 
     def insert_archive(self, connection: Connection, rows: Sequence[ArchiveRow]) -> int:
+        # Held until commit: a reader of the archive waits for every batch that may hold
+        # ids below the newest it saw (see ArchiveStore._settled_archive_id).
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock_shared({ARCHIVE_WRITERS_LOCK})")
         self._staging(connection, "incoming_archive", "received_at timestamp, message_id varchar(255), "
                       "event_type varchar(255), publisher_id varchar(255), generated timestamp, "
                       "status varchar(16), reason text, body bytea, ord serial")
