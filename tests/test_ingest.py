@@ -225,7 +225,7 @@ def test_db_index_traits_fills_in_a_trait_indexed_after_events_were_stored(tmp_p
     config.write_text(CONFIG.read_text() + "\nindexed_traits: [instance_id, tenant_id]\n")
     result = run_cli("db", "index-traits", "-c", str(config), "--quiet", env=env)
     assert result.exit_code == 0, result.output
-    assert "tenant_id: 3 index row(s) added for the events up to id 3" in result.output
+    assert "tenant_id: 3 index row(s) added, for the events stored without them" in result.output
     result = run_cli("db", "index-traits", "-c", str(config), env=env)
     assert "nothing to do" in result.output
     result = run_cli("db", "index-traits", "-c", str(config), "--name", "flavor", env=env)

@@ -473,7 +473,7 @@ def test_a_trait_indexed_after_events_were_stored_still_finds_them_and_can_be_fi
         assert sorted(after.find_events_by_trait("flavor", "m1.small")) == ["new"]  # typed rows alone
         progress: list[tuple[str, int, int]] = []
         assert after.index_traits(batch=1, progress=lambda *step: progress.append(step)) == {"flavor": 2}
-        assert progress == [("flavor", 1, 2), ("flavor", 2, 2)]
+        assert progress == [("flavor", 1, 3), ("flavor", 2, 3), ("flavor", 3, 3)]  # to the newest
         assert sorted(after.find_events_by_trait("flavor", "m1.small")) == ["new", "old"]
         assert after.index_coverage() == {}
         assert after.index_traits() == {}  # nothing left to do
@@ -485,6 +485,54 @@ def test_a_trait_indexed_after_events_were_stored_still_finds_them_and_can_be_fi
         assert sorted(found.event["message_id"] for found in again.query_events(query)) == ["new", "old"]
     finally:
         again.close()
+
+    # Taken out of the configuration, then put back: what was stored in between is found too.
+    without = Store.from_url(migrated_url, indexed_traits={"instance_id"})
+    try:
+        without.save_events([event("between", flavor="m1.small")])
+    finally:
+        without.close()
+    back = Store.from_url(migrated_url, indexed_traits={"instance_id", "flavor"})
+    try:
+        assert back.index_coverage() == {"flavor": 4}
+        assert back.count_events_matching(query) == 3
+        assert back.index_traits() == {"flavor": 1}
+        assert back.count_events_matching(query) == 3
+    finally:
+        back.close()
+
+
+def test_a_read_only_user_finds_events_by_a_trait_no_writer_recorded_yet(postgres_url):
+    """An API with only SELECT rights cannot record a newly indexed trait: it reads every event's
+    JSON for it rather than trusting index rows the events may not have."""
+    from winchester.store import EventQuery, TraitFilter
+
+    engine = create_engine(postgres_url)
+    upgrade(engine)
+    engine.dispose()
+    writer = Store.from_url(postgres_url, indexed_traits={"instance_id"})
+    try:
+        writer.save_events([event("old", flavor="m1.small")])
+        schema = writer.engine.url.query["options"].split("search_path=")[1]
+        role = f"reader_{schema}"
+        with writer.engine.begin() as connection:
+            connection.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN')
+            connection.exec_driver_sql(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
+            connection.exec_driver_sql(f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"')
+    finally:
+        writer.close()
+    reader = Store.from_url(postgres_url.replace("postgres@", f"{role}@"),
+                            indexed_traits={"instance_id", "flavor"})
+    try:
+        found = reader.query_events(EventQuery(traits=(TraitFilter("flavor", "m1.small"),)))
+        assert [f.event["message_id"] for f in found] == ["old"]
+    finally:
+        reader.close()
+        cleanup = Store.from_url(postgres_url)
+        with cleanup.engine.begin() as connection:
+            connection.exec_driver_sql(f'DROP OWNED BY "{role}"')
+            connection.exec_driver_sql(f'DROP ROLE "{role}"')
+        cleanup.close()
 
 
 def test_recently_failed_streams_come_latest_failure_first_not_highest_id_first(store):

@@ -178,8 +178,9 @@ def index_traits_command(ctx: click.Context, names: tuple[str, ...], batch_size:
     A trait added to indexed_traits (or a trigger's new distinguishing trait)
     is indexed for the events stored after the change. Until this has run,
     filters on it read the older events' JSON (slowly). Restart every ingest
-    process on the new configuration first; ingest may go on meanwhile, and
-    running it again adds only what is still missing.
+    process on the new configuration first: this reads every stored event, so
+    what an old process stored in the meantime is covered too. Ingest may go
+    on while it runs, and running it again adds only what is still missing.
     """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -201,15 +202,15 @@ def index_traits_command(ctx: click.Context, names: tuple[str, ...], batch_size:
             click.echo("every indexed trait is indexed for every stored event: nothing to do")
             return
         progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                            TextColumn("event {task.completed:,.0f} of {task.total:,.0f}"),
+                            TextColumn("up to event id {task.completed:,.0f}"),
                             TimeElapsedColumn(), console=console, disable=quiet)
-        tasks = {name: progress.add_task(f"{name:<24}", total=pending[name]) for name in wanted}
+        tasks = {name: progress.add_task(f"{name:<24}", total=None) for name in wanted}
         with progress:
-            added = store.index_traits(wanted, batch_size,
-                                       lambda name, reached, _: progress.update(tasks[name],
-                                                                                completed=reached))
+            added = store.index_traits(
+                wanted, batch_size,
+                lambda name, reached, last: progress.update(tasks[name], completed=reached, total=last))
         for name in wanted:
-            click.echo(f"{name}: {added.get(name, 0):,} index row(s) added for the events up to "
-                       f"id {pending[name]:,}")
+            click.echo(f"{name}: {added.get(name, 0):,} index row(s) added, for the events stored "
+                       "without them")
     finally:
         store.close()

@@ -102,8 +102,7 @@ class QueryStore:
     # Indexed trait name -> the newest event id that may lack its typed row (the
     # name was indexed later); names indexed from the start are not in it.
     _unindexed_through: dict[str, int]
-    _coverage_known: bool
-    index_coverage: Callable[[], dict[str, int]]
+    _coverage_for_queries: Callable[[], None]
 
     # -- events ----------------------------------------------------------------------------
 
@@ -127,8 +126,8 @@ class QueryStore:
             return connection.execute(statement).scalar_one()
 
     def _event_conditions(self, query: EventQuery) -> list[Any]:
-        if query.traits and not self._coverage_known:
-            self.index_coverage()
+        if query.traits:
+            self._coverage_for_queries()
         conditions: list[Any] = []
         if query.since is not None:
             conditions.append(events.c.generated > query.since)

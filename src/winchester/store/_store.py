@@ -168,7 +168,8 @@ class Store(WorkQueue, ArchiveStore, QueryStore):
         self._indexed_names = tuple(sorted(
             self.indexed_traits - {"message_id", "event_type", "timestamp"}))
         self._unindexed_through: dict[str, int] = {}
-        self._coverage_known = False
+        self._coverage_read_at: float | None = None
+        self._coverage_claimed = False
         # Activity counts are bucketed in real time, whatever clock the caller uses.
         self.wall_clock = WallClock()
         self.activity_source = f"{socket.gethostname()}-{os.getpid()}"[:KEY_LENGTH]
@@ -325,16 +326,18 @@ class Store(WorkQueue, ArchiveStore, QueryStore):
     # -- indexed traits ----------------------------------------------------------------
 
     def index_coverage(self) -> dict[str, int]:
-        """Record the indexed traits this store was opened with; returns those indexed after
-        events were stored, each with the newest event id that may lack its typed row.
+        """The indexed traits whose typed rows some stored events may lack, each with the newest
+        event id that may lack it; records the names this store indexes that are not recorded yet.
 
         A name seen for the first time is recorded with the newest event id
         now stored: the events up to it were stored without its typed rows.
         Until :meth:`index_traits` fills them in, filters on such a name
-        also read the JSON of those events (correct, and slow).
+        also read the JSON of those events (correct, and slow). A name that
+        cannot be recorded (a read-only database user) is taken as missing
+        from every event. Read again every ``COVERAGE_REFRESH`` seconds, so a
+        long-running process sees what others recorded or filled in.
         """
         names = self._indexed_names
-        first_look, self._coverage_known = not self._coverage_known, True
         read = sa.select(indexed_traits_table.c.name, indexed_traits_table.c.since_event_id)
         with self._reading() as connection:
             known = dict(connection.execute(read).all())
@@ -351,21 +354,53 @@ class Store(WorkQueue, ArchiveStore, QueryStore):
             try:
                 known = self._retrying(record)
             except StoreError as exc:
-                # A read-only database user (an API beside the writers): the
-                # first writer opened with this configuration records them.
-                logger.warning("could not record the indexed traits %s (%s)", ", ".join(missing), exc)
-        self._unindexed_through = {name: known[name] for name in names if known.get(name)}
+                # A read-only database user (an API beside the writers): filters on these
+                # names read every event's JSON until a writer has recorded them.
+                logger.warning("could not record the indexed traits %s (%s); filters on them read "
+                               "the events' JSON", ", ".join(missing), exc)
+        first_look = self._coverage_read_at is None
+        self._unindexed_through = {name: known.get(name, _EVERY_EVENT) for name in names
+                                   if known.get(name, _EVERY_EVENT)}
+        self._coverage_read_at = time.monotonic()
         for name, through in sorted(self._unindexed_through.items()) if first_look else ():
             logger.warning("trait %r was indexed after events were stored: filters on it read the "
                            "JSON of the events up to id %d (slowly) until `winchester db "
                            "index-traits` fills in their index rows", name, through)
         return dict(self._unindexed_through)
 
+    def _coverage_for_queries(self) -> None:
+        if (self._coverage_read_at is None
+                or time.monotonic() - self._coverage_read_at >= COVERAGE_REFRESH):
+            self.index_coverage()
+
+    def _coverage_for_writes(self) -> None:
+        """Before this process stores its first events: a recorded name it does not index is no
+        longer indexed for every event from now on, so its record goes (the next process that
+        indexes it records it afresh, from then)."""
+        if self._coverage_claimed:
+            return
+
+        def forget(connection: Connection) -> list[str]:
+            recorded = connection.execute(sa.select(indexed_traits_table.c.name)).scalars().all()
+            dropped = sorted(set(recorded) - set(self._indexed_names))
+            if dropped:
+                connection.execute(indexed_traits_table.delete()
+                                   .where(indexed_traits_table.c.name.in_(dropped)))
+            return dropped
+
+        for name in self._retrying(forget):
+            logger.warning("trait %r is no longer indexed by this process's configuration: the "
+                           "events it stores have no index rows for it", name)
+        self._coverage_claimed = True
+        self.index_coverage()
+
     def index_traits(self, names: Iterable[str] | None = None, batch: int = 5000,
                      progress: Callable[[str, int, int], Any] | None = None) -> dict[str, int]:
-        """Fill in the typed rows of events stored before their trait was indexed (see
-        :meth:`index_coverage`); returns the rows added per name.
+        """Fill in the typed rows of events stored without them (see :meth:`index_coverage`);
+        returns the rows added per name.
 
+        Every stored event is read, not only those up to the recorded id: a
+        process still on an older configuration may have stored some since.
         Batch after batch of ``batch`` events, each its own transaction, so
         ingest goes on meanwhile; ``progress(name, event_id_reached,
         last_event_id)`` after each. Running it again, or after it was
@@ -375,21 +410,28 @@ class Store(WorkQueue, ArchiveStore, QueryStore):
         wanted = sorted(pending if names is None else set(names) & set(pending))
         added: dict[str, int] = {}
         for name in wanted:
-            through = pending[name]
+            with self._reading() as connection:
+                through = connection.execute(
+                    sa.select(sa.func.coalesce(sa.func.max(events.c.id), 0))).scalar_one()
             reached = 0
             added[name] = 0
             while reached < through:
                 def fill(connection: Connection, start: int = reached) -> tuple[int, int]:
-                    rows = connection.execute(
-                        sa.select(events.c.id, events.c.message_id, event_types.c.name,
-                                  events.c.generated, events.c.traits)
-                        .join(event_types, events.c.event_type_id == event_types.c.id)
-                        .where(events.c.id > start, events.c.id <= through)
-                        .order_by(events.c.id).limit(batch)).all()
+                    statement = (sa.select(events.c.id, events.c.message_id, event_types.c.name,
+                                           events.c.generated, events.c.traits)
+                                 .join(event_types, events.c.event_type_id == event_types.c.id)
+                                 .where(events.c.id > start, events.c.id <= through,
+                                        ~sa.exists().where(event_traits.c.event_id == events.c.id,
+                                                           event_traits.c.name == name))
+                                 .order_by(events.c.id).limit(batch))
+                    if self._postgresql:
+                        # Trimming must not delete an event between this read and its rows' insert.
+                        statement = statement.with_for_update(read=True, of=events)
+                    rows = connection.execute(statement).all()
                     trait_rows = [trait for row in rows for trait in self._trait_rows(
                         row[0], event_from_columns(*row[1:]), (name,))]
                     if trait_rows:
-                        # A process already indexing the name may have written some.
+                        # Ignoring a row an ingester with this name wrote meanwhile.
                         connection.execute(self._insert_ignore(event_traits, ["event_id", "name"]), [
                             dict(zip(_TRAIT_COLUMNS, trait, strict=True)) for trait in trait_rows])
                     return (rows[-1][0] if rows else through), len(trait_rows)
@@ -400,14 +442,15 @@ class Store(WorkQueue, ArchiveStore, QueryStore):
                     progress(name, reached, through)
 
             def done(connection: Connection) -> None:
-                connection.execute(indexed_traits_table.update()
-                                   .where(indexed_traits_table.c.name == name)
-                                   .values(since_event_id=0))
+                # Recorded again if it was forgotten meanwhile (a process not indexing it).
+                connection.execute(indexed_traits_table.delete()
+                                   .where(indexed_traits_table.c.name == name))
+                connection.execute(indexed_traits_table.insert().values(name=name, since_event_id=0))
 
             self._retrying(done)
             self._unindexed_through.pop(name, None)
-            logger.info("trait %r: %d index row(s) added for the events stored before it was "
-                        "indexed", name, added[name])
+            logger.info("trait %r: %d index row(s) added for the events stored without them",
+                        name, added[name])
         return added
 
     def save_events(self, batch: Sequence[Event]) -> IngestResult:
@@ -430,8 +473,8 @@ class Store(WorkQueue, ArchiveStore, QueryStore):
         """
         if not items and not dead_letters and clock is None:
             return IngestResult()
-        if not self._coverage_known:
-            self.index_coverage()
+        if items:
+            self._coverage_for_writes()
         type_ids = self._event_type_ids_for({item.event["event_type"] for item in items})
         letters = _dead_letter_rows(dead_letters, now or max(
             (item.now for item in items), default=datetime(1970, 1, 1)))
@@ -769,6 +812,10 @@ def _traits_json(event: Event) -> str:
 
 
 _TRAIT_COLUMNS = ("event_id", "name", "type", "t_string", "t_int", "t_float", "t_datetime")
+# How often a process reads again which traits are indexed for which events.
+COVERAGE_REFRESH = 60.0
+# "Every event may lack this trait's index rows" (a name no writer has recorded).
+_EVERY_EVENT = 2**63 - 1
 
 
 def _dead_letter_rows(letters: Sequence[Mapping[str, Any]], now: datetime) -> list[dict[str, Any]]:
