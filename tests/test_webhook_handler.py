@@ -247,6 +247,36 @@ def test_an_answer_trickled_byte_by_byte_is_read_only_until_the_attempts_deadlin
         server.server_close()
 
 
+def test_a_2xx_whose_body_breaks_off_is_delivered_not_posted_again():
+    """The receiver said 200, then its connection dropped mid-body: the events were delivered;
+    posting them again would only make the receiver drop a duplicate."""
+    posts: list[int] = []
+
+    class CutShort(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            posts.append(1)
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.wfile.write(b"ok")  # then the connection closes, 98 bytes short
+            self.close_connection = True
+
+        def log_message(self, format, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), CutShort)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+    try:
+        run(WebhookHandler(url=f"http://127.0.0.1:{server.server_address[1]}/hook", retries=2,
+                           backoff=0.01), [event()])
+        assert posts == [1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_nothing_is_posted_before_commit_or_on_rollback(receiver):
     """handle_events only prepares; rollback forgets; a later commit posts nothing."""
     handler = WebhookHandler(url=receiver.url)

@@ -267,7 +267,12 @@ class WebhookHandler(Handler):
                 with client.stream("POST", self.url, content=body, headers=headers,
                                    timeout=self.timeout) as response:
                     status = response.status_code
-                    answer = _read_until(response, deadline)
+                    try:
+                        answer = _read_until(response, deadline)
+                    except httpx.TransportError:
+                        if not 200 <= status < 300:
+                            raise
+                        answer = b""  # delivered: the status says so, the body does not matter
             except httpx.TransportError as exc:  # connect errors, timeouts, dropped connections
                 status, last = None, f"{type(exc).__name__}: {exc}"
             else:
