@@ -361,6 +361,17 @@ def test_a_truncated_gzip_capture_keeps_every_line_before_the_damage_and_says_wh
     assert len(result.stdout.splitlines()) == readable
     assert damaged in result.stderr
 
+    # In a directory the files after the damaged one are not read, and the message says so.
+    captures = tmp_path / "captures"
+    captures.mkdir()
+    (captures / "a.jsonl.gz").write_bytes(capture.read_bytes())
+    (captures / "b.jsonl").write_bytes(lines[-1] + b"\n")
+    url = fresh_sqlite(tmp_path, "directory")
+    result = run_cli("replay", "-c", str(config), str(captures), "--quiet",
+                     env={"WINCHESTER_DATABASE_URL": url})
+    assert result.exit_code == 1
+    assert "the 1 capture file(s) after it were not read" in " ".join(result.output.split())
+
 
 def test_replay_reads_stdin_and_dead_letters_bad_lines_with_their_line(tmp_path):
     """'-' reads standard input; a bad line is rejected and kept with where it came from."""

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from typing import Any
 
 import orjson
+
+
+_deep_writing = threading.Lock()
 
 
 def dumps_received(value: Any, option: int | None = None) -> bytes:
@@ -26,19 +30,21 @@ def dumps_received(value: Any, option: int | None = None) -> bytes:
         return orjson.dumps(value, default=str, option=option)
     except TypeError:
         pass
-    limit = sys.getrecursionlimit()
-    try:
-        # orjson's reader accepts 1024 levels; the standard writer needs a
-        # few frames per level.
-        sys.setrecursionlimit(max(limit, 5000))
-        return json.dumps(value, default=str, ensure_ascii=False,
-                          separators=(",", ":")).encode("utf-8", "surrogatepass")
-    except (RecursionError, ValueError):
-        # Past even that (a self-referencing object, never decoded JSON):
-        # its repr, so the bytes are kept rather than lost.
-        return repr(value).encode("utf-8", "surrogatepass")
-    finally:
-        sys.setrecursionlimit(limit)
+    # The recursion limit is the process's: one thread at a time raises and restores it.
+    with _deep_writing:
+        limit = sys.getrecursionlimit()
+        try:
+            # orjson's reader accepts 1024 levels; the standard writer needs a
+            # few frames per level.
+            sys.setrecursionlimit(max(limit, 5000))
+            return json.dumps(value, default=str, ensure_ascii=False,
+                              separators=(",", ":")).encode("utf-8", "surrogatepass")
+        except (RecursionError, ValueError):
+            # Past even that (a self-referencing object, never decoded JSON):
+            # its repr, so the bytes are kept rather than lost.
+            return repr(value).encode("utf-8", "surrogatepass")
+        finally:
+            sys.setrecursionlimit(limit)
 
 
 def body_bytes(body: Any) -> bytes:

@@ -101,10 +101,18 @@ def capture_lines(source: str) -> Iterator[tuple[str, int, bytes]]:
     """(file, line number, line) of every non-blank line of a capture: a file, a directory of
     them, or ``-`` for stdin."""
     files = ["-"] if source == "-" else [str(path) for path in capture_files(source)]
-    for name in files:
+    for position, name in enumerate(files):
         with open_lines(name) as stream:
-            for number, line in numbered_lines(stream, name):
-                yield name, number, line
+            try:
+                for number, line in numbered_lines(stream, name):
+                    yield name, number, line
+            except InputError as exc:
+                later = len(files) - position - 1
+                if not later:
+                    raise
+                # Stopped rather than skipped: event time must not jump past what is missing.
+                raise InputError(f"{exc}; the {later} capture file(s) after it were not read "
+                                 "(mend or move it, then run again)") from None
 
 
 def unwrapped(line: bytes, key: str):
