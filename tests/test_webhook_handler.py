@@ -8,6 +8,8 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -210,6 +212,19 @@ def test_a_timeout_is_retried(receiver):
     assert len(receiver.requests) == 2
 
 
+@contextmanager
+def answering(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A server on 127.0.0.1 whose requests ``handler`` answers (misbehaving receivers): its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_an_answer_trickled_byte_by_byte_is_read_only_until_the_attempts_deadline():
     """httpx's timeout bounds each read; a receiver that sends its answer a byte at a time, each
     within it, is cut off at the attempt's deadline instead of holding the worker for ever."""
@@ -234,17 +249,10 @@ def test_an_answer_trickled_byte_by_byte_is_read_only_until_the_attempts_deadlin
         def log_message(self, format, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
-    try:
-        run(WebhookHandler(url=f"http://127.0.0.1:{server.server_address[1]}/hook", timeout=1.0,
-                           retries=0), [event()])  # a 2xx status: delivered
+    with answering(Trickle) as url:
+        run(WebhookHandler(url=url, timeout=1.0, retries=0), [event()])  # a 2xx status: delivered
         assert hung_up.wait(10)
         assert len(sent) < 100
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_a_2xx_whose_body_breaks_off_is_delivered_not_posted_again():
@@ -265,16 +273,9 @@ def test_a_2xx_whose_body_breaks_off_is_delivered_not_posted_again():
         def log_message(self, format, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), CutShort)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
-    try:
-        run(WebhookHandler(url=f"http://127.0.0.1:{server.server_address[1]}/hook", retries=2,
-                           backoff=0.01), [event()])
+    with answering(CutShort) as url:
+        run(WebhookHandler(url=url, retries=2, backoff=0.01), [event()])
         assert posts == [1]
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_nothing_is_posted_before_commit_or_on_rollback(receiver):
