@@ -273,25 +273,32 @@ class PostgreSQLWriter(BulkWriter):
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {name} ({columns}) ON COMMIT DELETE ROWS")
 
     def insert_events(self, connection: Connection, rows: Sequence[EventRow]) -> dict[str, int]:
-        self._staging(connection, "incoming_events", "id bigint, message_id varchar(255), "
-                      "event_type_id integer, generated timestamp, traits text")
-        # Ids are taken in arrival order (a duplicate's id is left unused);
-        # the rows go in in message_id order, so concurrent ingesters take
-        # index locks in the same order (no deadlock).
-        ids = connection.exec_driver_sql(
-            "SELECT nextval(pg_get_serial_sequence('events', 'id')) FROM generate_series(1, %s)",
-            (len(rows),)).scalars()
-        self._copy(connection, "incoming_events (id, message_id, event_type_id, generated, traits)",
-                   [(event_id, *row) for event_id, row in zip(ids, rows, strict=True)],
-                   ("int8", "varchar", "int4", "timestamp", "text"))
+        self._staging(connection, "incoming_events", "message_id varchar(255), "
+                      "event_type_id integer, generated timestamp, traits text, "
+                      "lock_rank integer, ord serial")
+        # Ids are taken in arrival order (ord, the innermost ORDER BY: a
+        # volatile nextval keeps the subquery from being flattened); the rows
+        # go in in message_id order (lock_rank, ranked here: a collated sort of
+        # a thousand ids in SQL cost more than the rest of the insert), so
+        # concurrent ingesters take index locks in the same order (no deadlock).
+        # A duplicate's id is left unused.
+        ranks = [0] * len(rows)
+        for rank, position in enumerate(sorted(range(len(rows)), key=lambda i: rows[i][0])):
+            ranks[position] = rank
+        self._copy(connection, "incoming_events (message_id, event_type_id, generated, traits, "
+                   "lock_rank)", [(*row, rank) for row, rank in zip(rows, ranks, strict=True)],
+                   ("varchar", "int4", "timestamp", "text", "int4"))
         driver = connection.connection.driver_connection
         with driver.cursor() as cursor:
             # Straight from the driver: a thousand rows through SQLAlchemy's
             # result machinery cost more than the statement.
             cursor.execute(
                 "INSERT INTO events (id, message_id, event_type_id, generated, traits) "
-                "SELECT id, message_id, event_type_id, generated, traits FROM incoming_events "
-                "ORDER BY message_id ON CONFLICT (message_id) DO NOTHING RETURNING message_id, id")
+                "SELECT id, message_id, event_type_id, generated, traits FROM ("
+                "  SELECT nextval(pg_get_serial_sequence('events', 'id')) AS id, arrived.* FROM ("
+                "    SELECT message_id, event_type_id, generated, traits, lock_rank "
+                "    FROM incoming_events ORDER BY ord) AS arrived) AS numbered "
+                "ORDER BY lock_rank ON CONFLICT (message_id) DO NOTHING RETURNING message_id, id")
             return dict(cursor.fetchall())
 
     def known_message_ids(self, connection: Connection, message_ids: Sequence[str]) -> set[str]:
