@@ -248,6 +248,45 @@ def test_resume_after_a_killed_replay_ends_as_an_uninterrupted_one(tmp_path, dat
     assert state_of(interrupted_url) == state_of(whole_url)
 
 
+def test_a_replay_whose_worker_process_is_killed_stops_and_says_so(tmp_path):
+    """kill -9 of the worker child (the OOM killer, say): the replay stops with exit 1 and says
+    what happened and where to resume, rather than hanging for ever signalling the dead child."""
+    def worker_children(pid: int) -> list[int]:
+        found = []
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                command = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in command:
+                found.append(int(entry))
+        return found
+
+    url = fresh_sqlite(tmp_path, "child-killed")
+    config = replay_config(tmp_path)
+    capture, workload = workload_file(tmp_path, instances=30, days=4)
+    replay = winchester("replay", "-c", str(config), str(capture), "--run-workers", "--batch-size",
+                        "25", "--speed", "20000", "--quiet", env=environment(url))
+    deadline = time.monotonic() + 60
+    children: list = []
+    while not children and time.monotonic() < deadline:
+        assert replay.poll() is None, "the replay ended before its worker could be killed"
+        children = worker_children(replay.pid)
+        time.sleep(0.05)
+    time.sleep(0.5)  # the child is at work: waiting on its parent's signals, or draining
+    for child in children:
+        os.kill(child, signal.SIGKILL)
+    try:
+        out, err = replay.communicate(timeout=60)  # unfixed, it never returned
+    finally:
+        if replay.poll() is None:
+            replay.kill()
+    assert replay.returncode == 1, out + err
+    assert "the replay's worker process ended early" in err
+    assert "run the same command with --resume" in err
+
+
 def test_a_stopped_replay_says_where_it_got_to(tmp_path):
     """stop() ends the replay after the batch in hand; the summary names the last committed line."""
     url = fresh_sqlite(tmp_path, "stopped")

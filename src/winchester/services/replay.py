@@ -397,10 +397,17 @@ class WorkerProcess:
         self._process.start()
 
     def check(self) -> None:
-        """Raise if the child died (its pipelines would never run)."""
-        if not self._process.is_alive() and self._process.exitcode not in (None, 0):
-            raise WorkerProcessError(f"the replay's worker process died (exit status "
-                                     f"{self._process.exitcode}); see its log above")
+        """Raise if the child has ended before it was told to (its pipelines would never run):
+        killed, or its setup failed (then it reported why and exited 0)."""
+        if self._process.is_alive() or self._process.exitcode is None:
+            return
+        try:
+            self.stats = self._results.get_nowait()
+        except Exception:  # noqa: BLE001 - queue.Empty: it died without a word
+            pass
+        reason = self.stats.get("error") or f"exit status {self._process.exitcode}"
+        raise WorkerProcessError(f"the replay's worker process ended early ({reason}); see its "
+                                 "log above")
 
     def finish(self, stop: bool = False) -> dict[str, Any]:
         """End of input (or ``stop``: give back what is claimed and end now); wait for the child."""
@@ -464,9 +471,11 @@ def _worker_process_main(config_file: str, clock_kind: str, name: str, poll: flo
         def watch() -> None:
             # The parent asks us to stop, or died without asking (kill -9): a
             # long drain ends after its current stream, claims given back.
-            while not stop.wait(0.5):
-                if os.getppid() != parent:
-                    break
+            # Polled, never waited on: a multiprocessing Event's set() waits for
+            # every process sleeping in wait() to wake, and one killed while
+            # asleep never does (the parent then hung for ever).
+            while not stop.is_set() and os.getppid() == parent:
+                time.sleep(0.5)
             worker.stop()
 
         threading.Thread(target=watch, daemon=True).start()
