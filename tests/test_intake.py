@@ -461,3 +461,38 @@ def test_archive_rows_never_carry_nul_and_find_ceilometer_ids():
     ceilometer = {"event_type": "compute.instance.update", "payload": {},
                   "metadata": {"message_id": "from-metadata", "timestamp": "2026-11-22 10:00:00"}}
     assert archive_row(orjson.dumps(ceilometer), NOW)["message_id"] == "from-metadata"
+
+
+def test_retention_deletes_a_backlog_batch_after_batch_and_keeps_what_is_recent(parts, monkeypatch):
+    """archive_retention works off everything past it, not one batch a minute (which a busy
+    persistor outgrew), and keeps what was received since."""
+    import winchester.services.intake as intake_module
+    from winchester.services.intake import archive_row
+
+    settings, _, store = parts
+    monkeypatch.setattr(intake_module, "TRIM_BATCH", 3)
+    now = datetime(2026, 12, 4, 12, 0)
+    old = [archive_row(orjson.dumps(notification(n)), datetime(2026, 8, 1)) for n in range(10)]
+    recent = [archive_row(orjson.dumps(notification(n)), now) for n in range(10, 12)]
+    store.archive_notifications(old + recent)
+    persistor = Persistor("memory://", settings.intake, settings.persistor, store,
+                          retention="$timestamp - 90d")
+    assert persistor.trim(now) == 10
+    assert store.count_archive() == 2
+
+
+def test_the_http_intake_stamps_archived_notifications_with_real_time_under_an_event_clock(parts):
+    """received_at is when the notification arrived, in real time, even when "now" follows the
+    events (a replay of 2015's capture): retention, which counts in real time, must not delete
+    what was just received."""
+    from winchester.clock import EventClock
+    from winchester.services.intake import DirectIntake
+
+    settings, triggers, store = parts
+    intake = DirectIntake(Ingester(store, triggers, build_distiller(settings), EventClock()), store)
+    before = store.wall_clock.now()
+    for n in (1, 2):  # the first sets the event clock; the second arrives by it
+        intake.accept([orjson.dumps(notification(n, timestamp=f"2015-02-01 04:5{n}:00.000000"))])
+    rows = store.archive_page(None, None, None, 0, 10)
+    assert [row.generated.year for row in rows] == [2015, 2015]
+    assert all(row.received_at >= before for row in rows)

@@ -250,8 +250,9 @@ class Replayer:
         prepared = job.prepared
         if prepared is not None:
             if self.archive:
+                received = self.store.wall_clock.now()  # real time, as retention counts
                 summary.archived += self.store.archive_notifications(
-                    [archive_row(body_bytes(body), prepared.now) for body in job.bodies]).archived
+                    [archive_row(body_bytes(body), received) for body in job.bodies]).archived
             origins = job.origins
             outcome = self.ingester.commit(prepared, dead_letter_source=lambda r: origins[r.position])
             summary.saved += outcome.stored.saved
