@@ -155,3 +155,19 @@ def test_ahead_and_late_events_are_stored_and_counted(store):
     assert outcome.stored.saved == 3 and (outcome.ahead, outcome.late) == (1, 1)
     assert clock.now() == T0 + MINUTE
     assert ingester.stats.as_dict()["ahead_of_clock"] == 1 and ingester.stats.late == 1
+
+
+def test_explain_says_an_expired_stream_within_the_grace_still_takes_late_events(store):
+    """Past its expiry but within late_event_grace no worker may expire a stream yet, and it
+    still takes late events: explain says so instead of "a worker expires it next"."""
+    from winchester.services.explain import explain_stream
+
+    store.late_event_grace = 2 * HOUR  # as open_store sets it from the configuration
+    ingest(store, [event("a", T0)], now=T0, grace=2 * HOUR)
+    [stream] = store.list_streams()
+    verdict = explain_stream(store, TRIGGERS, stream.id, T0 + 65 * MINUTE)["verdict"]
+    assert verdict.endswith("expiry passed 5m ago; within late_event_grace it still takes late "
+                            "events, and a worker expires it in 1h 55m")
+    store.late_event_grace = timedelta(0)
+    verdict = explain_stream(store, TRIGGERS, stream.id, T0 + 65 * MINUTE)["verdict"]
+    assert verdict.endswith("expiry passed 5m ago: a worker expires it next")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import timedelta
 
 from winchester.config._settings import Settings
 from winchester.distill import DefinitionSet, Distiller, available_plugins, load_definitions
@@ -81,6 +82,7 @@ def open_store(settings: Settings, triggers: TriggerSet | None = None, check: bo
     """The configured store; refuses (SchemaError) an unmigrated or outdated schema."""
     names = indexed_traits(settings, triggers) if triggers is not None else set(settings.indexed_traits)
     store = Store.from_url(settings.database_url, indexed_traits=names)
+    store.late_event_grace = timedelta(seconds=settings.late_event_grace)
     if check:
         try:
             store.check_schema(str(settings.source) if settings.source else "winchester.yaml")

@@ -62,7 +62,8 @@ def explain_stream(store: Store, triggers: TriggerSet, stream_id: int, now: date
         "events": [_event_summary(event) for event in events],
         "error": stream.last_error if stream.state.endswith("error") else None,
     }
-    report["verdict"] = _verdict(stream, trigger, criteria, until_expiry)
+    report["verdict"] = _verdict(stream, trigger, criteria, until_expiry,
+                                 store.late_event_grace.total_seconds())
     return report
 
 
@@ -126,7 +127,7 @@ def _fire_progress(trigger: TriggerDefinition, counts: tuple[int, ...],
 
 
 def _verdict(stream: Any, trigger: TriggerDefinition | None, criteria: list[dict[str, Any]],
-             until_expiry: float) -> str:
+             until_expiry: float, grace: float = 0.0) -> str:
     state = stream.state
     if trigger is None:
         return (f"its trigger {stream.trigger_name!r} is not in the trigger definitions: a worker "
@@ -150,8 +151,14 @@ def _verdict(stream: Any, trigger: TriggerDefinition | None, criteria: list[dict
         waiting = "waiting for " + "; ".join(
             f"fire criterion #{c['index']} ({c['description']}): {c['counted']} of {c['needed']}"
             for c in unmet)
-    when = (f"expires in {_duration(until_expiry)}" if until_expiry > 0
-            else f"expiry passed {_duration(-until_expiry)} ago: a worker expires it next")
+    if until_expiry > 0:
+        when = f"expires in {_duration(until_expiry)}"
+    elif -until_expiry < grace:
+        # Workers wait out late_event_grace; meanwhile it takes events stamped before its expiry.
+        when = (f"expiry passed {_duration(-until_expiry)} ago; within late_event_grace it still "
+                f"takes late events, and a worker expires it in {_duration(grace + until_expiry)}")
+    else:
+        when = f"expiry passed {_duration(-until_expiry)} ago: a worker expires it next"
     return f"{waiting}; {when}"
 
 

@@ -170,6 +170,8 @@ class Store(WorkQueue, ArchiveStore, QueryStore):
         self._unindexed_through: dict[str, int] = {}
         self._coverage_read_at: float | None = None
         self._coverage_claimed = False
+        # The configured late_event_grace (open_store sets it), for what reads report.
+        self.late_event_grace = timedelta(0)
         # Activity counts are bucketed in real time, whatever clock the caller uses.
         self.wall_clock = WallClock()
         self.activity_source = f"{socket.gethostname()}-{os.getpid()}"[:KEY_LENGTH]
