@@ -198,3 +198,31 @@ def test_a_metrics_port_in_use_is_a_usage_error(tmp_path):
                                  "--metrics-port", str(port)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert f"--metrics-port {port}: cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_two_ingesters_in_one_process_give_one_family_per_metric_with_both_services():
+    """`serve` runs the bus ingester and the HTTP one in one process: each metric is one family
+    (the text format allows one HELP/TYPE group per name), with a sample per service."""
+    from winchester.metrics import Metrics
+    from winchester.services.ingest import Ingester
+    from winchester.services.simulate import memory_store
+    from winchester.triggers import load_triggers
+
+    triggers = load_triggers([{"name": "t", "distinguished_by": ["instance_id"],
+                               "expiration": "$last + 1h", "fire_pipeline": "p",
+                               "match_criteria": [{"event_type": "compute.*"}]}], "triggers.yaml")
+    store = memory_store(())
+    metrics = Metrics()
+    for service in ("ingest", "http"):
+        ingester = Ingester(store, triggers)
+        ingester.add_events([{"message_id": f"{service}-1", "event_type": "compute.start",
+                              "timestamp": datetime(2024, 1, 1), "instance_id": "i-1"}])
+        metrics.watch_ingester(ingester, service)
+    text = metrics.exposition()[0].decode()
+    types = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+    assert len(types) == len(set(types)), sorted(name for name in types if types.count(name) > 1)
+    found = samples(text)
+    assert value(found, "winchester_events_stored_total", service="ingest",
+                 event_type="compute.start") == 1
+    assert value(found, "winchester_events_stored_total", service="http",
+                 event_type="compute.start") == 1

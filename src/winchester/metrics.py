@@ -117,11 +117,21 @@ class _Sources(Collector):
     def collect(self) -> Families:
         with self.metrics._lock:
             sources = list(self.metrics._sources)
+        # One family per name: `serve` watches two ingesters and two consumers, each
+        # yielding the same families with its own service label, and the text format
+        # allows one HELP/TYPE group per name (strict scrapers reject the repeat).
+        merged: dict[str, Any] = {}
         for source in sources:
             try:
-                yield from source()
+                families = list(source())
             except Exception as exc:  # noqa: BLE001 - a failing source must not take the others down
                 logger.warning("a metrics source failed: %s: %s", type(exc).__name__, exc)
+                continue
+            for family in families:
+                known = merged.setdefault(family.name, family)
+                if known is not family:
+                    known.samples.extend(family.samples)
+        yield from merged.values()
 
 
 class _Cached:
