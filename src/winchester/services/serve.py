@@ -66,10 +66,21 @@ class Server:
 
     def start(self) -> None:
         if self.bus is not None:
-            self.bus.start()
-            self.bus.serve(STATUS_ADDRESS, lambda _request: self.status())
-            for driver in self.drivers:
-                driver.start()
+            from winchester.bus import BusConnectionError
+            from winchester.bus._connect import safe_url
+
+            try:
+                self.bus.start()
+            except BusConnectionError as exc:
+                # The API and the database parts need no broker (ingest and the persistor
+                # reconnect on their own): they go on, and /healthz names the problem.
+                logger.error("the bus at %s cannot be reached (%s); the parts start without it: "
+                             "status over the bus and the stream-state table are off until the "
+                             "server is restarted", safe_url(self.bus.url), exc)
+            else:
+                self.bus.serve(STATUS_ADDRESS, lambda _request: self.status())
+                for driver in self.drivers:
+                    driver.start()
         for part in self.parts:
             part.thread = threading.Thread(target=self._run, args=(part,), name=f"winchester-{part.name}",
                                            daemon=True)
