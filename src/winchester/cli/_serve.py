@@ -161,7 +161,8 @@ def _load(server, url: str, path: Path, settings, triggers, console: Console) ->
             states = store.count_streams_by_state()
             running = states.get("firing", 0) + states.get("expiring", 0)
             if server._stopping.is_set() or (
-                    not running and not store.count_due_streams(clock.now(), clock.now())):
+                    not running and not store.count_due_streams(clock.now(), clock.now(),
+                                                                store.late_event_grace)):
                 break
             threading.Event().wait(0.1)
         verdicts = {name: count for name, count in store.count_events_by_type().items()
