@@ -161,3 +161,50 @@ def test_simulate_refuses_a_bad_trigger_file_naming_where(tmp_path):
                                        "--triggers", str(broken)])
     assert result.exit_code == 2
     assert "broken.yaml:2" in result.output and "'broken' > expiration" in result.output
+
+
+VERDICTS_TRIGGER = """
+- name: verdicts
+  distinguished_by: [instance_id]
+  expiration: "$last + 1h"
+  fire_pipeline: usage_missing_exists
+  expire_pipeline: usage_missing_exists
+  match_criteria:
+    - event_type: compute.instance.exists.failed
+  fire_criteria:
+    - event_type: compute.instance.exists.failed
+"""
+
+
+def test_streams_opened_by_generated_events_are_counted_as_created(tmp_path):
+    """A trigger fed only by the usage handler's verdicts: simulate and replay count its
+    streams as created, so "created" adds up to the streams there are."""
+    config = replay_config(tmp_path)
+    triggers = config.parent / "triggers.yaml"
+    triggers.write_text(triggers.read_text() + VERDICTS_TRIGGER)
+    capture, _ = workload_file(tmp_path, instances=40, days=4)
+
+    report = simulated(config, capture)
+    verdicts = report["triggers"]["verdicts"]
+    assert verdicts["streams_created"] > 0
+    assert verdicts["streams_created"] == (verdicts["fired"] + verdicts["expired"] + verdicts["error"]
+                                           + verdicts["active"])
+    assert report["input"]["streams_created"] == sum(
+        entry["streams_created"] for entry in report["triggers"].values())
+
+    real = tmp_path / "real.db"
+    env = {"WINCHESTER_DATABASE_URL": f"sqlite:///{real}"}
+    assert run_cli("db", "upgrade", "-c", str(config), env=env).exit_code == 0
+    result = run_cli("replay", "-c", str(config), str(capture), "--run-workers", env=env)
+    assert result.exit_code == 0, result.output
+    store = Store.from_url(f"sqlite:///{real}")
+    try:
+        streams = store.list_streams()
+    finally:
+        store.close()
+    assert f"streams: {len(streams):,} created" in result.output
+    created_verdicts = sum(1 for stream in streams if stream.trigger_name == "verdicts")
+    assert created_verdicts == verdicts["streams_created"]
+    [row] = [line for line in result.output.splitlines() if "│ verdicts " in line]
+    trigger, _, created, _ = (cell.strip() for cell in row.split("│")[1:-1])
+    assert created == f"{created_verdicts:,}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from datetime import datetime, timedelta
 
 import pytest
@@ -284,6 +285,41 @@ def test_generated_events_are_ingested_and_matched_once(store):
     assert store.count_events() == before
 
 
+def test_a_stream_opened_by_a_generated_event_is_counted_as_created(store):
+    """The worker's stats, its metrics and the dashboard's activity count the streams its
+    pipelines' generated events opened, as ingest counts the streams it opens."""
+    from winchester.metrics import Metrics
+
+    verdicts = trigger_data(name="verdicts", distinguished_by=["instance_id"], fire_pipeline="report",
+                            expire_pipeline=None, match_criteria=[{"event_type": "audit.*"}],
+                            fire_criteria=[{"event_type": "audit.verdict"}])
+    triggers = make_triggers(trigger_data(), verdicts)
+
+    def verdict(events, env):
+        source = events[-1]
+        return [{"message_id": generated_message_id(env["stream_id"], source["message_id"], "audit.verdict"),
+                 "event_type": "audit.verdict", "timestamp": source["timestamp"],
+                 "instance_id": source["instance_id"]}]
+
+    ingest(store, triggers, [event("end-1", "compute.end"), event("end-2", "compute.end", instance="i-2")])
+    pipes = pipelines(on_fire=[Journal().handler("audit", add=verdict)], report=[Journal().handler("report")])
+    runner = worker(store, triggers, pipes, T0 + timedelta(hours=1))
+    metrics = Metrics()
+    metrics.watch_worker(runner)
+    runner.run_until_idle()
+
+    assert runner.stats.new_streams == {"verdicts": 2}
+    assert runner.stats.matched == {"verdicts": 2} and runner.stats.ready == {"verdicts": 2}
+    assert runner.stats.as_dict()["streams_created"] == 2
+    exposition = metrics.exposition()[0].decode()
+    assert 'winchester_streams_created_total{service="worker",trigger="verdicts"} 2.0' in exposition
+    created = Counter()
+    for _, kind, trigger, count in store.activity_since(datetime(2000, 1, 1)):
+        if kind == "streams_created":
+            created[trigger] += count
+    assert created == {"instance": 2, "verdicts": 2}
+
+
 def test_generated_events_arrive_when_their_stream_became_due_not_when_a_worker_ran_it(store):
     """A worker that gets to a stream hours late still ingests its outputs as of the stream's due
     time: the streams they join (and when those fire) do not depend on the worker's timing."""
@@ -399,7 +435,7 @@ def test_a_dead_workers_claim_lapses_and_another_worker_completes_the_stream(sto
     assert worker(store, triggers, pipes, now + timedelta(minutes=6)).run_until_idle() == 1
     assert states(store)[claimed.id] == "completed"
     from winchester.store import StreamOutcome
-    assert store.finish_streams("dead", [StreamOutcome(claimed)], now, False) == [claimed.id]
+    assert store.finish_streams("dead", [StreamOutcome(claimed)], now, False).lost == [claimed.id]
 
 
 def test_a_stream_that_outlives_every_lease_goes_to_error_after_max_attempts(store):

@@ -181,6 +181,16 @@ def _ingester_families(ingester: Any, service: str) -> Families:
                                    labels=["service", "reason"])
     for reason, count in sorted(stats.rejected.items()):
         rejected.add_metric([service, reason], count)
+    yield from _trigger_families(stats, service)
+    clock_skew = CounterMetricFamily("winchester_events_off_clock",
+                                     "Events stamped too far ahead of or behind the clock.",
+                                     labels=["service", "direction"])
+    clock_skew.add_metric([service, "ahead"], stats.ahead)
+    clock_skew.add_metric([service, "late"], stats.late)
+    yield from (received, stored, duplicate, notifications, unconverted, rejected, clock_skew)
+
+
+def _trigger_families(stats: Any, service: str) -> Families:
     matched = CounterMetricFamily("winchester_trigger_events_matched", "Events a trigger matched.",
                                   labels=["service", "trigger"])
     created = CounterMetricFamily("winchester_streams_created", "Streams a trigger started.",
@@ -189,13 +199,7 @@ def _ingester_families(ingester: Any, service: str) -> Families:
         matched.add_metric([service, name], count)
     for name, count in sorted(stats.new_streams.items()):
         created.add_metric([service, name], count)
-    clock_skew = CounterMetricFamily("winchester_events_off_clock",
-                                     "Events stamped too far ahead of or behind the clock.",
-                                     labels=["service", "direction"])
-    clock_skew.add_metric([service, "ahead"], stats.ahead)
-    clock_skew.add_metric([service, "late"], stats.late)
-    yield from (received, stored, duplicate, notifications, unconverted, rejected, matched, created,
-                clock_skew)
+    yield from (matched, created)
 
 
 def _worker_families(worker: Any) -> Families:
@@ -210,6 +214,8 @@ def _worker_families(worker: Any) -> Families:
         runs.add_metric([trigger, action, outcome], count - failed)
         runs.add_metric([trigger, action, "error"], failed)
     yield runs
+    # Generated events join streams like ingested ones: the same families, as service "worker".
+    yield from _trigger_families(stats, "worker")
     for name, value, text in (
             ("winchester_handler_commit_errors", stats.commit_errors,
              "Handler commits that raised (after the pipeline succeeded)."),

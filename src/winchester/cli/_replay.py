@@ -188,13 +188,17 @@ def _report(console: Console, summary: ReplaySummary, skipped_in_archive: Counte
                   + (f"; event time now {summary.event_time:%Y-%m-%d %H:%M:%S}"
                      if summary.event_time else ""), markup=False)
     stats = ingester.stats
-    if stats.matched:
+    generated = summary.generated_counts
+    # Generated events count where they landed, as the summary line's "created" does.
+    matched = stats.matched + generated["matched"]
+    new_streams = stats.new_streams + generated["new_streams"]
+    ready = stats.ready + generated["ready"]
+    if matched:
         table = Table(title="Triggers", title_justify="left")
         table.add_column("trigger")
         table.add_column("events matched", justify="right")
         table.add_column("streams created", justify="right")
         table.add_column("ready to fire", justify="right")
-        for name in sorted(stats.matched):
-            table.add_row(name, f"{stats.matched[name]:,}", f"{stats.new_streams[name]:,}",
-                          f"{stats.ready[name]:,}")
+        for name in sorted(matched):
+            table.add_row(name, f"{matched[name]:,}", f"{new_streams[name]:,}", f"{ready[name]:,}")
         console.print(table)

@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 1000
 # Rejected notifications kept in the summary to show (every one is a dead letter).
 SHOWN_REJECTIONS = 20
+# The per-trigger counts a worker keeps of what its pipelines' generated events did.
+GENERATED_COUNTS = ("matched", "new_streams", "ready")
 
 
 class Notification(NamedTuple):
@@ -69,7 +71,10 @@ class ReplaySummary:
     late: int = 0
     ahead: int = 0
     archived: int = 0
-    streams_created: int = 0
+    streams_created: int = 0    # by ingest and by the pipelines' generated events
+    # What the pipelines' generated events did, by trigger ("matched", "new_streams", "ready").
+    generated_counts: dict[str, Counter[str]] = field(
+        default_factory=lambda: {kind: Counter() for kind in GENERATED_COUNTS})
     fired: int = 0
     expired: int = 0
     pipeline_errors: int = 0
@@ -216,7 +221,8 @@ class Replayer:
                 except WorkerProcessError as exc:
                     logger.warning("%s", exc)
             summary.elapsed = self._monotonic() - self._started
-            summary.streams_created = sum(self.ingester.stats.new_streams.values()) - new_streams_before
+            summary.streams_created = (sum(self.ingester.stats.new_streams.values()) - new_streams_before
+                                       + sum(summary.generated_counts["new_streams"].values()))
             summary.event_time = self.ingester.clock.now()
         return summary
 
@@ -298,15 +304,19 @@ class Replayer:
         self.summary.fired += stats["fired"]
         self.summary.expired += stats["expired"]
         self.summary.pipeline_errors += stats["errors"]
+        for kind in GENERATED_COUNTS:
+            self.summary.generated_counts[kind].update(stats.get(kind, {}))
 
     def _drain(self) -> None:
         worker = self.worker
         assert worker is not None
-        before = (worker.stats.fired, worker.stats.expired, sum(worker.stats.errors.values()))
+        before = _worker_report(worker)
         worker.drain()
-        self.summary.fired += worker.stats.fired - before[0]
-        self.summary.expired += worker.stats.expired - before[1]
-        self.summary.pipeline_errors += sum(worker.stats.errors.values()) - before[2]
+        after = _worker_report(worker)
+        self._count_worker({"fired": after["fired"] - before["fired"],
+                            "expired": after["expired"] - before["expired"],
+                            "errors": after["errors"] - before["errors"],
+                            **{kind: after[kind] - before[kind] for kind in GENERATED_COUNTS}})
 
     # -- pacing ------------------------------------------------------------------------
 
@@ -334,6 +344,13 @@ class Replayer:
         if wait > 0 and (self._sleep(wait) or self.stopping):
             return False
         return True
+
+
+def _worker_report(worker: Worker) -> dict[str, Any]:
+    """What a worker did, as the replay counts it (the child process sends this to the parent)."""
+    stats = worker.stats
+    return {"fired": stats.fired, "expired": stats.expired, "errors": sum(stats.errors.values()),
+            **{kind: Counter(getattr(stats, kind)) for kind in GENERATED_COUNTS}}
 
 
 def _until_unreadable(notifications: Iterable[Notification]) -> Iterator[Notification | InputError]:
@@ -501,8 +518,7 @@ def _worker_process_main(config_file: str, clock_kind: str, name: str, poll: flo
             # Nobody is left to read a report: exit without waiting to send it.
             results.cancel_join_thread()
             return
-        results.put({"fired": worker.stats.fired, "expired": worker.stats.expired,
-                     "errors": sum(worker.stats.errors.values())})
+        results.put(_worker_report(worker))
     except Exception as exc:  # noqa: BLE001 - reported to the parent
         results.put({"error": f"{type(exc).__name__}: {exc}"})
     finally:

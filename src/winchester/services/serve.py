@@ -204,10 +204,13 @@ def build_server(settings: Any, triggers: Any, pipelines: Any, distiller: Any, o
     states_store = store()
     server.drivers.append(StreamStates(server.bus, states_store, settings.statistics_period))
     metrics.watch_store(states_store)
+    # Whatever keeps per-trigger counts: the ingesters, and the worker for generated events.
+    counted: list[Any] = []
     if "worker" in wanted:
         worker_store = store()
         worker = build_worker(settings, worker_store, triggers, pipelines, name=worker_name,
                               clock=clock_for(worker_store))
+        counted.append(worker)
         metrics.watch_worker(worker)
         metrics.watch_clock(worker.clock, "worker")
         server.add(Part("worker", worker.run, worker.stop))
@@ -216,11 +219,10 @@ def build_server(settings: Any, triggers: Any, pipelines: Any, distiller: Any, o
                               retention=settings.archive_retention)
         metrics.watch_persistor(persistor)
         server.add(Part("persistor", persistor.run, persistor.stop, persistor.consumer.ready.is_set))
-    ingesters: list[Ingester] = []
     if "ingest" in wanted:
         ingest_store = store()
         ingester = Ingester(ingest_store, triggers, distiller, clock_for(ingest_store), grace)
-        ingesters.append(ingester)
+        counted.append(ingester)
         service = IngestService(settings.bus_url, settings.intake, ingester)
         metrics.watch_ingester(ingester, "ingest")
         metrics.watch_consumer(service.consumer, "ingest")
@@ -234,7 +236,7 @@ def build_server(settings: Any, triggers: Any, pipelines: Any, distiller: Any, o
         # With the persistor running, it archives what the broker brings; the
         # HTTP intake archives what it takes itself, so the archive stays complete.
         http_ingester = Ingester(api_store, triggers, distiller, clock_for(api_store), grace)
-        ingesters.append(http_ingester)
+        counted.append(http_ingester)
         metrics.watch_ingester(http_ingester, "http")
         intake = DirectIntake(http_ingester, api_store)
         bus = server.bus
@@ -252,7 +254,7 @@ def build_server(settings: Any, triggers: Any, pipelines: Any, distiller: Any, o
         app = create_app(api_store, intake, tokens=settings.api.tokens, triggers=triggers,
                          protect_reads=settings.api.protect_reads, clock=clock_for(api_store),
                          checks={"bus": bus_problem},
-                         counters=lambda: trigger_counters(ingesters), metrics=metrics)
+                         counters=lambda: trigger_counters(counted), metrics=metrics)
         config = uvicorn.Config(app, host=host if host is not None else settings.api.host,
                                 port=port if port is not None else settings.api.port,
                                 log_level="warning", lifespan="off")
@@ -266,11 +268,16 @@ def build_server(settings: Any, triggers: Any, pipelines: Any, distiller: Any, o
     return server
 
 
-def trigger_counters(ingesters: Iterable[Any]) -> dict[str, dict[str, int]]:
-    """Per trigger, what this process's ingesters counted since start (the original's debugger)."""
+def trigger_counters(counted: Iterable[Any]) -> dict[str, dict[str, int]]:
+    """Per trigger, what this process counted since start (the original's debugger).
+
+    ``counted``: ingesters, and workers (what their pipelines' generated
+    events matched and opened); each has ``stats.matched``, ``new_streams``
+    and ``ready``.
+    """
     found: dict[str, dict[str, int]] = {}
-    for ingester in ingesters:
-        stats = ingester.stats
+    for source in counted:
+        stats = source.stats
         for name in set(stats.matched) | set(stats.new_streams) | set(stats.ready):
             entry = found.setdefault(name, {"matched": 0, "new_streams": 0, "ready_to_fire": 0})
             entry["matched"] += stats.matched[name]

@@ -140,7 +140,8 @@ def simulate(settings: Any, distiller: Any, triggers: Any, pipelines: PipelineSe
                 events=_summaries(events.get(stream.id, [])), first_event=stream.first_event,
                 last_event=stream.last_event, expire_timestamp=stream.expire_timestamp,
                 fire_timestamp=stream.fire_timestamp))
-        return SimulationReport(summary, commit, ran, Counter(ingester.stats.new_streams))
+        return SimulationReport(summary, commit, ran,
+                                ingester.stats.new_streams + worker.stats.new_streams)
     finally:
         store.close()
 

@@ -65,12 +65,17 @@ class WorkerStats:
     trimmed: int = 0
     database_errors: int = 0
     by_trigger: Counter[str] = field(default_factory=Counter)  # "trigger fire/expire" -> streams
+    # What the generated events did, by trigger, as the ingester counts its own.
+    matched: Counter[str] = field(default_factory=Counter)
+    new_streams: Counter[str] = field(default_factory=Counter)
+    ready: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
         return {"fired": self.fired, "expired": self.expired, "errors": sum(self.errors.values()),
                 "commit_errors": self.commit_errors, "generated": self.generated,
                 "lost_claims": self.lost_claims, "released": self.released,
-                "trimmed": self.trimmed, "database_errors": self.database_errors}
+                "trimmed": self.trimmed, "database_errors": self.database_errors,
+                "streams_created": sum(self.new_streams.values())}
 
 
 class Worker:
@@ -341,8 +346,12 @@ class Worker:
                 self.stats.expired += 1
 
     def _finish(self, outcomes: list[StreamOutcome]) -> list[int]:
-        return self.store.finish_streams(self.name, outcomes, self.clock.now(), self.purge_completed,
-                                         self.grace)
+        finished = self.store.finish_streams(self.name, outcomes, self.clock.now(), self.purge_completed,
+                                             self.grace)
+        self.stats.matched.update(finished.generated.matched)
+        self.stats.new_streams.update(finished.generated.new_streams)
+        self.stats.ready.update(finished.generated.ready)
+        return finished.lost
 
     def _run(self, stream: ClaimedStream, events: list[Event]) -> StreamOutcome:
         outcome, result = self._run_pipeline(stream, events)

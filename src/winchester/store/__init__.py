@@ -17,7 +17,7 @@ from winchester.store._migrate import (
 )
 from winchester.store._schema import STREAM_STATES, metadata
 from winchester.store._archive import ARCHIVED, REJECTED, ArchivedNotification, ArchiveResult
-from winchester.store._work import FIRE, EXPIRE, RESET_STATES, ClaimedStream, StreamOutcome
+from winchester.store._work import FIRE, EXPIRE, RESET_STATES, ClaimedStream, FinishedStreams, StreamOutcome
 from winchester.store._query import (
     EventQuery,
     FoundEvent,
@@ -49,6 +49,7 @@ __all__ = [
     "StreamQuery",
     "TraitFilter",
     "StreamOutcome",
+    "FinishedStreams",
     "IngestItem",
     "IngestResult",
     "SchemaError",

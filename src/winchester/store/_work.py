@@ -85,6 +85,20 @@ class StreamOutcome:
     generated: Sequence[Any] = ()
 
 
+@dataclass
+class FinishedStreams:
+    """What :meth:`WorkQueue.finish_streams` did.
+
+    ``lost``: the ids whose claim the worker no longer held (not touched).
+    ``generated``: how storing the pipelines' generated events went (an
+    :class:`winchester.store.IngestResult`): the streams they opened count
+    as created, like those ingest opens.
+    """
+
+    lost: list[int]
+    generated: Any
+
+
 class WorkQueue:
     """The worker side of :class:`winchester.store.Store` (mixed into it)."""
 
@@ -245,24 +259,25 @@ class WorkQueue:
         return found
 
     def finish_streams(self, worker: str, outcomes: Sequence[StreamOutcome], now: datetime,
-                       purge_completed: bool, grace: timedelta = timedelta(0)) -> list[int]:
+                       purge_completed: bool, grace: timedelta = timedelta(0)) -> FinishedStreams:
         """Record how claimed streams ended; one transaction.
 
         Success -> ``completed`` (or the stream is deleted with
         ``purge_completed``), and its generated events are ingested in the
         same transaction; failure -> ``error``/``expire_error`` with the
-        reason. Returns the ids whose claim this worker no longer held (its
-        lease lapsed and another worker took the stream): their state is not
-        touched (their generated events, deterministic, are duplicates of the
-        new owner's). ``grace`` is ``late_event_grace``, for the generated
+        reason. The result's ``lost`` names the streams whose claim this worker
+        no longer held (its lease lapsed and another worker took the stream):
+        their state is not touched (their generated events, deterministic, are
+        duplicates of the new owner's). ``grace`` is ``late_event_grace``, for the generated
         events as for ingested ones.
         """
+        from winchester.store._store import IngestResult  # _store imports this module
+
         items = [item for outcome in outcomes if outcome.error is None for item in outcome.generated]
         type_ids = self._event_type_ids_for({item.event["event_type"] for item in items}) if items else {}
 
-        def finish(connection: Connection) -> list[int]:
-            if items:
-                self._ingest(connection, items, type_ids, grace)
+        def finish(connection: Connection) -> FinishedStreams:
+            generated = self._ingest(connection, items, type_ids, grace) if items else IngestResult()
             done: set[int] = set()
             succeeded = [(o.stream.id, o.stream.serial) for o in outcomes if o.error is None]
             held = (streams.c.claimed_by == worker)
@@ -305,8 +320,11 @@ class WorkQueue:
                     kind = ("fired" if outcome.stream.action == FIRE else "expired") \
                         if outcome.error is None else "errors"
                     counts[(kind, outcome.stream.trigger_name)] += 1
+            # Streams, not events: the activity's "stored" is what intake took in.
+            for name, created in generated.new_streams.items():
+                counts[("streams_created", name)] += created
             self._note_activity(connection, counts)
-            return [o.stream.id for o in outcomes if o.stream.id not in done]
+            return FinishedStreams([o.stream.id for o in outcomes if o.stream.id not in done], generated)
 
         return self._retrying(finish)
 
