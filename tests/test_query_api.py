@@ -1017,6 +1017,24 @@ def test_explain_an_event_that_joined_a_day_stream_and_one_no_stream_could_take(
         world.client.get("/v1/events/nope/explain"), 404)
 
 
+def test_explain_an_event_a_newer_trigger_matches_says_why_no_stream_holds_it(world):
+    """A trigger added after the event was stored matches it, but no stream of it holds the
+    event: explain says so, naming the ways that happens, instead of claiming a purge."""
+    from winchester.services.explain import explain_event
+    from winchester.triggers import load_triggers
+
+    newer = load_triggers([{"name": "by_tenant", "distinguished_by": ["tenant_id"],
+                            "expiration": "$last + 1h", "fire_pipeline": "fire_daily",
+                            "match_criteria": [{"event_type": "compute.instance.*"}],
+                            "fire_criteria": [{"event_type": "compute.instance.end"}]}],
+                          "triggers.yaml")
+    [verdict] = explain_event(world.store, newer, "active-end")["triggers"]
+    assert verdict["matched"] is True and verdict["stream"] is None
+    assert verdict["reason"].startswith("matched, but no stream holds it now:")
+    assert "stored before this trigger matched it" in verdict["reason"]
+    assert "purge_completed_streams" in verdict["reason"]
+
+
 # -- triggers ------------------------------------------------------------------------------------
 
 

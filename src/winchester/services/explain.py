@@ -20,6 +20,11 @@ from winchester.triggers import Diagnosis, TriggerDefinition, TriggerSet
 
 # Non-matching events shown per unmet fire criterion.
 CLOSEST = 5
+# Stream membership is decided once, when the event arrives; nothing records a
+# purge or a trigger's history, so every way to end up here is named.
+NO_STREAM_HOLDS_IT = ("matched, but no stream holds it now: the stream it joined was purged when it "
+                      "completed (purge_completed_streams) or was deleted, or the event was stored "
+                      "before this trigger matched it (triggers see events only as they arrive)")
 
 
 class NotFound(LookupError):
@@ -92,8 +97,7 @@ def explain_event(store: Store, triggers: TriggerSet, message_id: str) -> dict[s
                     zip(trigger.fire_criteria, match.fire_increments, strict=True))]
             stream = streams.get(trigger.name)
             entry["stream"] = None if stream is None else {"id": stream.id, "state": stream.state}
-            entry["reason"] = "matched" + ("" if stream is not None else
-                                           " (the stream it joined is gone: completed and purged)")
+            entry["reason"] = "matched" if stream is not None else NO_STREAM_HOLDS_IT
         else:
             entry["reason"] = trigger.explain(event)
         verdicts.append(entry)
