@@ -255,6 +255,38 @@ def test_an_answer_trickled_byte_by_byte_is_read_only_until_the_attempts_deadlin
         assert len(sent) < 100
 
 
+def test_headers_trickled_byte_by_byte_are_cut_off_at_the_attempts_deadline():
+    """A receiver that sends its status line and headers a byte at a time, each within the
+    timeout, fails the attempt at its deadline (and is retried), instead of holding the worker."""
+    attempts: list[float] = []
+    hung_up = threading.Event()
+
+    class TrickledHeaders(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            attempts.append(time.monotonic())
+            try:
+                for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" + b"X" * 200:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.1)  # 24 s in all, each byte well within the timeout
+            except OSError:
+                hung_up.set()
+            self.close_connection = True
+
+        def log_message(self, format, *args):
+            pass
+
+    with answering(TrickledHeaders) as url:
+        handler = WebhookHandler(url=url, timeout=0.6, retries=1, backoff=0.01)
+        handler.handle_events([event()], dict(ENV))
+        with pytest.raises(WebhookError, match="ReadTimeout") as failure:
+            handler.commit()
+        assert failure.value.status is None and failure.value.retried
+        assert len(attempts) == 2
+        assert hung_up.wait(10)
+
+
 def test_a_2xx_whose_body_breaks_off_is_delivered_not_posted_again():
     """The receiver said 200, then its connection dropped mid-body: the events were delivered;
     posting them again would only make the receiver drop a duplicate."""

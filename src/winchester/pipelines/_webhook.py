@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
+import httpcore
 import httpx
 import orjson
 
@@ -109,9 +110,10 @@ class WebhookHandler(Handler):
     ``url`` (required)
         ``http://`` or ``https://``.
     ``timeout`` (10 s)
-        For each attempt: connecting, sending and each wait for the receiver are
-        bounded by it, and the answer's body is read only until that long after
-        the attempt began (a 2xx status already counts as delivered).
+        Bounds each attempt as a whole: connecting, sending, and waiting for the
+        status and headers end that long after the attempt began, and the
+        answer's body is read only until then (a 2xx status already counts as
+        delivered).
     ``retries`` (3) and ``backoff`` (0.5 s)
         Attempts after the first, and the wait before the first retry; each
         wait is twice the one before.
@@ -260,26 +262,18 @@ class WebhookHandler(Handler):
         last = ""
         for attempt in range(1, attempts + 1):
             # httpx's timeout bounds each socket operation; a receiver trickling its
-            # answer a byte at a time would keep the attempt going for ever. The
-            # answer's body is read only until the attempt's deadline.
-            deadline = time.monotonic() + self.timeout
+            # headers or answer a byte at a time would keep the attempt going for
+            # ever. The attempt's deadline bounds every one of its socket operations
+            # (see _DeadlineBackend), and its answer's body is read only until then.
             try:
-                with client.stream("POST", self.url, content=body, headers=headers,
-                                   timeout=self.timeout) as response:
-                    status = response.status_code
-                    try:
-                        answer = _read_until(response, deadline)
-                    except httpx.TransportError:
-                        if not 200 <= status < 300:
-                            raise
-                        answer = b""  # delivered: the status says so, the body does not matter
+                status, reason, answer = self._attempt(client, body, headers)
             except httpx.TransportError as exc:  # connect errors, timeouts, dropped connections
                 status, last = None, f"{type(exc).__name__}: {exc}"
             else:
                 if 200 <= status < 300:
                     logger.debug("POST %s (%s): HTTP %d", self.shown_url, what, status)
                     return
-                last = f"HTTP {status} {response.reason_phrase}: {_excerpt(answer)}"
+                last = f"HTTP {status} {reason}: {_excerpt(answer)}"
                 if status != 429 and status < 500:
                     raise WebhookError(f"POST {self.shown_url} ({what}) was refused with {last} "
                                        "(not retried: sending it again would not help)",
@@ -293,6 +287,24 @@ class WebhookHandler(Handler):
                            f"last status: {status if status is not None else 'no answer'}; "
                            f"last error: {last}",
                            url=self.shown_url, status=status, retried=True)
+
+    def _attempt(self, client: httpx.Client, body: bytes,
+                 headers: dict[str, str]) -> tuple[int, str, bytes]:
+        """One POST: its status, reason phrase and the start of its answer."""
+        deadline = time.monotonic() + self.timeout
+        _this_attempt.deadline = deadline
+        try:
+            with client.stream("POST", self.url, content=body, headers=headers,
+                               timeout=self.timeout) as response:
+                try:
+                    answer = _read_until(response, deadline)
+                except httpx.TransportError:
+                    if not 200 <= response.status_code < 300:
+                        raise
+                    answer = b""  # delivered: the status says so, the body does not matter
+                return response.status_code, response.reason_phrase, answer
+        finally:
+            _this_attempt.deadline = None
 
 
 def idempotency_key(stream_id: Any, events: Sequence[Event]) -> str:
@@ -309,10 +321,15 @@ def _read_until(response: httpx.Response, deadline: float) -> bytes:
     """The start of the answer's body, read until ``deadline`` at the latest (then the
     connection is dropped, not kept for the next request)."""
     received = bytearray()
-    for chunk in response.iter_bytes():
-        received += chunk
-        if len(received) >= _ANSWER_LIMIT or time.monotonic() >= deadline:
-            break
+    try:
+        for chunk in response.iter_bytes():
+            received += chunk
+            if len(received) >= _ANSWER_LIMIT or time.monotonic() >= deadline:
+                break
+    except httpx.TimeoutException:
+        if time.monotonic() < deadline:
+            raise
+        # Cut off at the deadline: what came is enough for an error message.
     return bytes(received)
 
 
@@ -339,7 +356,83 @@ def _client(verify: bool) -> httpx.Client:
             cookies = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
             client = _clients[key] = httpx.Client(verify=verify, cookies=cookies,
                                                   follow_redirects=False)
+            for transport in (client._transport, *client._mounts.values()):
+                if transport is not None:  # None: a pattern that goes without a proxy
+                    _bound_by_deadline(transport)
         return client
+
+
+# --- the attempt's deadline ----------------------------------------------------------------
+# httpx has no timeout for a whole request (encode/httpx#1450): its timeouts bound
+# each socket operation. The shared client's network streams cut every operation
+# short at the deadline of the attempt running in this thread.
+
+_this_attempt = threading.local()
+
+
+def _left(timeout: float | None, expired: type[Exception]) -> float | None:
+    deadline = getattr(_this_attempt, "deadline", None)
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise expired("the attempt's deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, stream: httpcore.NetworkStream):
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname,
+                                                      _left(timeout, httpcore.ConnectTimeout)))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self, backend: httpcore.NetworkBackend):
+        self._backend = backend
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                    local_address: str | None = None, socket_options: Any = None
+                    ) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._backend.connect_tcp(
+            host, port, _left(timeout, httpcore.ConnectTimeout), local_address, socket_options))
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Any = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._backend.connect_unix_socket(
+            path, _left(timeout, httpcore.ConnectTimeout), socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+def _bound_by_deadline(transport: Any) -> None:
+    pool = getattr(transport, "_pool", None)
+    backend = getattr(pool, "_network_backend", None)
+    if backend is None:
+        # A transport shaped otherwise (another httpx): each socket operation stays
+        # bounded by the timeout, and the answer's body by the deadline.
+        logger.warning("webhook: cannot bound whole requests by their deadline with this httpx "
+                       "(%s); a receiver trickling its headers could hold a worker",
+                       httpx.__version__)
+        return
+    if not isinstance(backend, _DeadlineBackend):
+        pool._network_backend = _DeadlineBackend(backend)
 
 
 def close_clients() -> None:
