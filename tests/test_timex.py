@@ -478,6 +478,16 @@ def test_non_string_input_is_a_type_error():
         parse(12)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(("original", "short"), [
+    ("$last + 30min", "$last + 30m"), ("$last + 2hr", "$last + 2h"),
+    ("$last - 10sec", "$last - 10s"), ("$first + 1yr 2hr", "$first + 1y 2h"),
+    ("$first @ 0hr 0min 0sec", "$first @ 0h 0m 0s"), ("day($last) + 6 hr", "day($last) + 6h")])
+def test_the_original_timexs_long_unit_names_mean_the_same(original: str, short: str):
+    """Triggers written for the original timex use yr, hr, min and sec: they still load."""
+    first, last = datetime(2024, 1, 31, 10, 20, 30), datetime(2024, 2, 29, 23, 59, 59)
+    assert parse(original)(first=first, last=last) == parse(short)(first=first, last=last)
+
+
 # ------------------------------------------------------------ syntax errors
 
 

@@ -29,8 +29,11 @@ from winchester.timex._values import COMPONENT_SYMBOLS, Duration
 TIMESTAMP = "timestamp"
 RANGE = "range"
 
+# The original timex's longer spellings, still found in deployed triggers.yaml files.
+UNIT_ALIASES = {"yr": "y", "hr": "h", "min": "m", "sec": "s"}
 # Index into Duration.components / REPLACE_FIELDS, largest first.
 COMPONENT_INDEX = {symbol: index for index, symbol in enumerate(COMPONENT_SYMBOLS)}
+COMPONENT_INDEX.update({alias: COMPONENT_INDEX[symbol] for alias, symbol in UNIT_ALIASES.items()})
 # A pinned range's own unit, as a component index; smaller components re-pin it.
 RANGE_UNIT_INDEX = {"year": 0, "month": 1, "day": 2, "hour": 3}
 REPLACE_FIELDS = ("year", "month", "day", "hour", "minute", "second", "microsecond")
@@ -50,7 +53,7 @@ MAX_NESTING = 32
 _MAX_CALENDAR_MONTHS = (MAX_YEAR - MIN_YEAR) * 12 + 11
 _MAX_FIXED_SPAN = datetime.max - datetime.min
 
-_UNITS_HELP = "y, mo, d, h, m, s or us"
+_UNITS_HELP = "y (or yr), mo, d, h (or hr), m (or min), s (or sec) or us"
 
 
 # ---------------------------------------------------------------- syntax tree
