@@ -63,12 +63,26 @@ def test_environment_overrides_database_url(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["winchester_etc_winchester.yaml", "sandbox_winchester.yaml"])
-def test_stacktach_configurations_load_unchanged(name, real_data):
-    """The winchester.yaml files of existing StackTach deployments load without error or warning."""
-    settings = load_settings(real_data / "stacktach" / "other_configs" / name, environ={})
+def test_stacktach_configurations_load_unchanged_with_a_supported_database(name, real_data):
+    """The winchester.yaml files of existing StackTach deployments load without error or warning
+    once the environment names a database Winchester supports; their own MySQL URL is refused
+    at its line, not left to fail in the first database command."""
+    path = real_data / "stacktach" / "other_configs" / name
+    settings = load_settings(path, environ={DATABASE_URL_ENV: "sqlite:///x.db"})
     assert settings.warnings == ()
-    assert settings.database_url == "mysql://winchester:testpasswd@localhost/winchester"
+    assert settings.database_url == "sqlite:///x.db"
     assert "logger" in settings.pipeline_handlers
+    with pytest.raises(ConfigError) as refused:
+        load_settings(path, environ={})
+    [problem] = refused.value.problems
+    assert (problem.where, problem.line) == ("database.url", 27)
+    assert problem.message.startswith("names a mysql database, which Winchester does not support")
+    assert "testpasswd" not in str(refused.value)
+    with pytest.raises(ConfigError) as refused:
+        load_settings(path, environ={DATABASE_URL_ENV: "mysql+pymysql://w:testpasswd@db/w"})
+    [problem] = refused.value.problems
+    assert (problem.file, problem.where) == (DATABASE_URL_ENV, "database.url")
+    assert "testpasswd" not in str(refused.value)
 
 
 def test_unknown_key_is_a_warning_naming_key_and_line(tmp_path):

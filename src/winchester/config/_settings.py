@@ -129,6 +129,9 @@ def _database(value: Any) -> str | None:
     return f"url {problem}" if problem else None
 
 
+SUPPORTED_DATABASES = ("sqlite", "postgresql")
+
+
 def database_url_problem(url: str) -> str | None:
     """Why ``url`` cannot be a database URL, or None. Never repeats the URL (it may hold a password)."""
     from sqlalchemy.engine import make_url
@@ -139,6 +142,21 @@ def database_url_problem(url: str) -> str | None:
         return ("is not a database URL (expected e.g. sqlite:///var/winchester.db or "
                 "postgresql://user@host:5432/winchester)")
     return None
+
+
+def unsupported_database(url: str) -> str | None:
+    """Why the database ``url`` names is not one Winchester can use, or None."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        backend = make_url(url).get_backend_name()
+    except Exception:  # noqa: BLE001 - a malformed URL is database_url_problem's to report
+        return None
+    if backend in SUPPORTED_DATABASES:
+        return None
+    # The original Winchester ran on MySQL: its configurations say mysql://.
+    return (f"names a {backend} database, which Winchester does not support: use PostgreSQL "
+            "(postgresql://user@host:5432/winchester) or SQLite (sqlite:///var/winchester.db)")
 
 
 def _bus_url(value: Any) -> str | None:
@@ -601,6 +619,15 @@ def settings_from_mapping(data: Any, *, source: Path | None, environ: Mapping[st
         message = check(environ[variable]) if environ.get(variable) else None
         if message:
             problems.append(Problem(file=variable, where=where, message=message))
+    # Only the URL in effect must be usable: the environment may stand in for a file's.
+    if environ.get(DATABASE_URL_ENV):
+        message = unsupported_database(environ[DATABASE_URL_ENV])
+        if message:
+            problems.append(Problem(file=DATABASE_URL_ENV, where="database.url", message=message))
+    elif isinstance(data.get("database"), Mapping) and isinstance(data["database"].get("url"), str):
+        message = unsupported_database(data["database"]["url"])
+        if message:
+            problems.append(problem("database", message, subkey="url"))
     if problems:
         raise ConfigError(problems)
 

@@ -20,7 +20,11 @@ WAL_BACKSTOP_PAGES = 16384
 
 
 def normalize_url(url: str | URL) -> URL:
-    """Pick the drivers we ship: ``postgresql://`` means psycopg 3, not psycopg2."""
+    """Pick the drivers we ship: ``postgresql://`` means psycopg 3, not psycopg2.
+
+    Only SQLite and PostgreSQL are stores (the bulk writers, locks and
+    migrations are written for those two).
+    """
     try:
         parsed = make_url(url)
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises ArgumentError and others
@@ -28,8 +32,10 @@ def normalize_url(url: str | URL) -> URL:
                                   message=f"not a database URL: {url!r} ({exc})")) from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
-    if parsed.drivername == "mysql":
-        parsed = parsed.set(drivername="mysql+pymysql")
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ConfigError(Problem(file="", where="database.url", message=(
+            f"names a {parsed.get_backend_name()} database, which Winchester does not support: "
+            "use PostgreSQL or SQLite")))
     return parsed
 
 
