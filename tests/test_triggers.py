@@ -380,16 +380,29 @@ def test_missing_match_criteria_is_an_error():
 
 
 @pytest.mark.parametrize("extra, where", [
-    ("  debug_level: 3\n", "debug_level"),
+    ("  debug_level: -1\n", "debug_level"),
     ("  debug_level: high\n", "debug_level"),
+    ("  debug_level: 1.5\n", "debug_level"),
     ("  fire_delay: -1\n", "fire_delay"),
     ("  fire_delay: soon\n", "fire_delay"),
     ("  fire_criteria: {event_type: a}\n", "fire_criteria"),
 ])
 def test_bad_scalar_fields_are_errors(extra, where):
-    """debug_level outside 0-2, a negative or non-numeric fire_delay, a non-list fire_criteria."""
+    """debug_level negative or not a whole number, a negative or non-numeric fire_delay, a
+    non-list fire_criteria."""
     problem = the_error(minimal(extra=extra))
     assert (problem.where, problem.line) == (f"trigger 't' > {where}", 4)
+
+
+@pytest.mark.parametrize("given, level, warned", [
+    ("'2'", 2, False), ("' 1 '", 1, False), ("3", 2, True), ("'9'", 2, True), ("0", 0, False)])
+def test_debug_level_is_read_as_the_original_read_it(given, level, warned):
+    """The original took int(debug_level) and treated anything above 1 as full debugging: a
+    quoted level loads, and a level above 2 is 2, with a warning naming the field."""
+    triggers = load(minimal(extra=f"  debug_level: {given}\n"))
+    assert triggers.triggers[0].debug_level == level
+    assert [(p.where, p.line) for p in triggers.warnings] == (
+        [("trigger 't' > debug_level", 4)] if warned else [])
 
 
 @pytest.mark.parametrize("criteria, where", [
@@ -584,7 +597,9 @@ def test_constant_and_string_criteria(spec, value, expected):
     ("{float: 0.5}", 0.5, True),
     ("{int: '<= 3'}", 3, True),
     ("{int: '<= 3'}", 4, False),
-    ("{int: '> 1'}", 2.0, False),
+    ("{int: '> 1'}", 2.0, True),   # compared by value, as the original did
+    ("{int: 512}", 512.0, True),
+    ("{int: 512}", 512.5, False),
     ("{int: 3}", 3, True),
     ("{int: '== 3'}", 3, True),
     ("{int: '+3'}", 3, True),

@@ -181,11 +181,8 @@ def _numeric_criterion(name: str, kind: str, value: Any, integer: bool) -> Trait
     symbol, operand = parse_comparison(kind, value, integer)
     compare = OPERATORS[symbol]
     shown = "=" if symbol == "==" else symbol
-    if integer:
-        # int: names the trait's type; a float trait is the wrong type, not a near miss.
-        def compare_int(trait: Any, event: Any) -> bool:
-            return trait.__class__ is int and compare(trait, operand)
-        return TraitCriterion(name, kind, shown, operand, compare_int)
+    # int: only constrains the operand: a float trait is compared by value, as the
+    # original did (8192.0 is > 4096), since a definitions file may type it float.
     return TraitCriterion(name, kind, shown, operand, _number_test(compare, operand))
 
 

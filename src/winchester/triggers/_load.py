@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -116,6 +117,13 @@ def _load_trigger(index: int, raw: Any, data: list, problems: _Problems,
     debug_level = raw.get("debug_level", 0)
     if debug_level is None:
         debug_level = 0
+    if type(debug_level) is str and re.fullmatch(r"\s*[0-9]{1,3}\s*", debug_level):
+        debug_level = int(debug_level)  # the original read it with int()
+    if type(debug_level) is int and debug_level > max(DEBUG_LEVELS):
+        # The original treated every level above 1 as full debugging.
+        problems.warning(f"{label} > debug_level", f"{debug_level} is taken as "
+                         f"{max(DEBUG_LEVELS)} (the most detail there is)", raw, "debug_level")
+        debug_level = max(DEBUG_LEVELS)
     if type(debug_level) is not int or debug_level not in DEBUG_LEVELS:
         problems.error(f"{label} > debug_level", f"must be 0, 1 or 2, not {debug_level!r}",
                        raw, "debug_level")
