@@ -377,3 +377,12 @@ def test_a_running_worker_stops_cleanly_on_sigterm(tmp_path):
     assert "worker sigterm-test stopped" in log
     assert "Traceback" not in log
     assert states(config) == {"i-a": "completed", "i-b": "completed"}
+
+
+def test_the_originals_daemon_flag_is_refused_saying_what_to_do_instead(tmp_path):
+    """`pipeline_worker -d` daemonized the original; here it is a usage error (exit 2) that
+    says to run the worker under a service manager, before anything is opened."""
+    missing = tmp_path / "nowhere" / "winchester.yaml"  # nothing is read before the refusal
+    result = CliRunner().invoke(main, ["worker", "-c", str(missing), "-d"])
+    assert result.exit_code == 2
+    assert "run it in the foreground under a service manager" in result.output

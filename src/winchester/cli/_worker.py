@@ -34,8 +34,10 @@ from winchester.services.worker import Worker, build_worker
 @click.option("--delay", type=click.FloatRange(0),
               help="Seconds to sleep when idle [default: pipeline_worker_delay].")
 @metrics_port_option
+# The original's `pipeline_worker -d` daemonized; scripts written for it still pass it.
+@click.option("-d", "--daemon", is_flag=True, hidden=True)
 def worker(config_file: str, name: str, once: bool, now: datetime | None, batch_size: int | None,
-           delay: float | None, metrics_port: int | None) -> None:
+           delay: float | None, metrics_port: int | None, daemon: bool) -> None:
     """Fire and expire due streams, running their pipelines (the original pipeline_worker).
 
     Run as many as you like, on any hosts, against the same database: each
@@ -43,6 +45,11 @@ def worker(config_file: str, name: str, once: bool, now: datetime | None, batch_
     worker after the stream it is running; nothing is left half-done.
     """
     console = Console(stderr=True, highlight=False, soft_wrap=True)
+    if daemon:
+        raise click.UsageError(
+            "-d/--daemon: the worker does not put itself in the background; run it in the "
+            "foreground under a service manager (systemd, supervisord), which restarts it and "
+            "keeps its logs")
     if now is not None and not once:
         raise click.UsageError("--now needs --once (a running worker takes its time from the clock)")
     parts = open_parts(config_file, console, pipelines=True)
