@@ -7,9 +7,11 @@ asks for.
 
 Every expected event below was worked out by hand from the notification JSON
 and the YAML definition that matches it last-to-first (anchors and ``<<``
-merges expanded), plus the default traits ``service`` (``publisher_id``),
-``request_id`` (``_context_request_id``) and ``tenant_id``
-(``payload.tenant_id`` or ``_context_tenant``) where the definition does not
+merges expanded), plus Ceilometer's default traits (the file addresses
+``ctxt.``, so it gets them): ``service`` (``publisher_id``), ``request_id``
+(``_context_request_id``), ``project_id`` and ``tenant_id``
+(``payload.tenant_id`` or ``_context_project_id``) and ``user_id``
+(``payload.user_id`` or ``_context_user_id``) where the definition does not
 set them. Reminders used throughout:
 
 * int traits are ``int``; datetime traits are naive UTC ``datetime``; any other
@@ -143,6 +145,7 @@ INSTANCE_CREATE_END = {
     "event_type": "compute.instance.create.end",
     "timestamp": dt(2012, 5, 8, 20, 23, 48, 28195),
     "tenant_id": "7c150a59fe714e6f9263774af9688f0e",
+    "project_id": "7c150a59fe714e6f9263774af9688f0e",  # default: payload.tenant_id
     "user_id": "1e3ce043029547f1a61c1996d1a531a2",
     "instance_id": "9f9d01b9-4a58-4271-9e27-398b21ab20d1",
     "display_name": "testme",
@@ -170,6 +173,7 @@ CASES = [
         "event_type": "compute.instance.exists",
         "timestamp": dt(2012, 5, 8, 16, 3, 44, 122481),
         "tenant_id": "7c150a59fe714e6f9263774af9688f0e",
+        "project_id": "7c150a59fe714e6f9263774af9688f0e",  # default: payload.tenant_id
         "user_id": "1e3ce043029547f1a61c1996d1a531a2",
         "instance_id": "3a513875-95c9-4012-a3e7-f90c678854e5",
         "display_name": "testme",
@@ -194,6 +198,7 @@ CASES = [
         "event_type": "compute.instance.create.start",
         "timestamp": dt(2015, 9, 18, 20, 55, 37, 639023),
         "tenant_id": "a4f77",
+        "project_id": "a4f77",  # default: payload.tenant_id
         "user_id": "be396488c7034811a200a3cb1d103a28",
         "instance_id": "abd2ef5c-0381-434a-8efc-d7b39b28a2b6",
         "display_name": "testeee",
@@ -218,6 +223,7 @@ CASES = [
         "event_type": "compute.instance.update",
         "timestamp": dt(2015, 2, 1, 6, 16, 30, 505000),
         "tenant_id": "198759",
+        "project_id": "198759",  # default: payload.tenant_id
         "user_id": "754948",
         "instance_id": "4e701407-eb80-41e0-a145-66848d6aebc1",
         "display_name": "Instance_251625",
@@ -245,6 +251,7 @@ CASES = [
         "event_type": "compute.instance.delete.end",
         "timestamp": dt(2015, 2, 1, 5, 1, 50, 329000),
         "tenant_id": "445354",
+        "project_id": "445354",  # default: payload.tenant_id
         "user_id": "457956",
         "instance_id": "f11edee0-9632-4635-aec3-4ff554f1d7b9",
         "display_name": "Instance_630349",
@@ -401,6 +408,7 @@ CASES = [
         "timestamp": dt(2012, 5, 8, 20, 23, 48, 28195),
         "service": "compute.vagrant-precise",
         "request_id": "req-d68b36e0-9233-467f-9afb-d81435d64d66",
+        "tenant_id": "7c150a59fe714e6f9263774af9688f0e",  # default: _context_project_id
     }, id="http.request"),
     pytest.param(CEILOMETER_TESTS, 22, {
         "message_id": "dae6f69c-00e0-41c0-b371-41ec3b7f4451",
@@ -408,6 +416,7 @@ CASES = [
         "timestamp": dt(2012, 5, 8, 20, 23, 48, 28195),
         "service": "compute.vagrant-precise",
         "request_id": "req-d68b36e0-9233-467f-9afb-d81435d64d66",
+        "tenant_id": "7c150a59fe714e6f9263774af9688f0e",  # default: _context_project_id
     }, id="http.response"),
     pytest.param(CEILOMETER_TESTS, 39, {
         # The later '*http.*' definition wins over 'objectstore.http.request'.
@@ -438,6 +447,7 @@ CASES = [
         "base_id": "2e3ce043029547f1a61c1996d1a531a2",
         "trace_id": "3e3ce043029547f1a61c1996d1a531a2",
         "parent_id": "4e3ce043029547f1a61c1996d1a531a2",
+        "user_id": "1e3ce043029547f1a61c1996d1a531a2",  # default: _context_user_id
     }, id="profiler.compute"),
     pytest.param(OCTAVIA, 0, {
         "message_id": "d84a3800-06ca-410e-a1a3-b40a02306a97",
@@ -449,7 +459,8 @@ CASES = [
         # payload.loadbalancer_id and the top-level vip_* do not exist (the
         # 2022 payload has "id" and a nested "vip"); publisher_id is null.
         "request_id": "req-072bab53-1b9b-46fa-92b0-7f04305c31bf",
-        "tenant_id": "qs59p6z696cp9cho8ze96edddvpfyvgz",  # _context_tenant
+        # No tenant_id: Ceilometer's default reads the context's project_id, not its
+        # tenant, and this context has only the latter.
     }, id="octavia.loadbalancer.create.end"),
 ]
 
@@ -464,6 +475,7 @@ def test_real_notification_becomes_exact_event(real_data, distiller, file, line,
 
 WIRE_INSTANCE = {
     "tenant_id": "30be1fc9a03c4e94ab05c403a8a377f2",
+    "project_id": "30be1fc9a03c4e94ab05c403a8a377f2",  # default: payload.tenant_id
     "user_id": "e1d870e51c7340cb9d555b15cbfcaec2",
     "instance_id": "178b0921-8f85-4257-88b6-2e743b5a975c",
     "display_name": "demo-1",
@@ -524,6 +536,9 @@ def test_unmatched_wire_body_with_catch_all_gets_default_traits(real_data, ceilo
         "timestamp": dt(2026, 11, 22, 1, 25, 29, 765454),
         "service": "nova-compute:host-a",
         "request_id": WIRE_REQUEST_ID,
+        # from the context: the versioned payload has no tenant_id or user_id
+        "project_id": "30be1fc9a03c4e94ab05c403a8a377f2",
+        "tenant_id": "30be1fc9a03c4e94ab05c403a8a377f2",
     }
 
 
@@ -584,6 +599,7 @@ def test_profiler_datetime_timestamp_trait_sets_event_time(real_data, distiller)
         "base_id": "2e3ce043029547f1a61c1996d1a531a2",
         "trace_id": "3e3ce043029547f1a61c1996d1a531a2",
         "parent_id": "4e3ce043029547f1a61c1996d1a531a2",
+        "user_id": "1e3ce043029547f1a61c1996d1a531a2",  # default: _context_user_id
         "host": "ctl-1",
         "path": "/v2.1/servers",
         "query": "",
@@ -666,7 +682,7 @@ def test_trove_definition_merges_two_anchors(distiller):
         "nova_volume_id": "vol-2",
         # its own, then the defaults
         "old_instance_size": 2048, "modify_at": dt(2016, 3, 2, 11, 0),
-        "service": "taskmanager.trove-1", "tenant_id": "t-2",
+        "service": "taskmanager.trove-1", "tenant_id": "t-2", "project_id": "t-2",
     }
 
 
@@ -841,3 +857,32 @@ def test_nova_versioned_instance_create_end_with_quoted_key_paths(real_data):
         "host": "compute",
         "service": "nova-compute:compute",
     }
+
+
+def test_the_default_traits_follow_the_files_dialect_unless_configured(real_data):
+    """Ceilometer's file gets Ceilometer's defaults (project_id, user_id, tenant_id from the
+    context's project_id); a StackDistiller file keeps StackDistiller's; the setting overrides."""
+    from winchester.distill import CEILOMETER_DEFAULT_TRAITS, DEFAULT_TRAITS
+
+    data, _ = parse_file(real_data / CEILOMETER_27)
+    plugins, _ = available_plugins()
+    assert load_definitions(data, "c.yaml", plugins).default_traits == "ceilometer"
+    stacktach = real_data / "stacktach" / "other_configs" / "winchester_etc_event_definitions.yaml"
+    stack_data, _ = parse_file(stacktach)
+    assert load_definitions(stack_data, "s.yaml", plugins).default_traits == "stackdistiller"
+
+    # A modern context: project_id and user_id, no tenant; the payload has neither.
+    notification = {"event_type": "unlisted.event", "message_id": "m-1",
+                    "timestamp": "2024-01-02 03:04:05", "publisher_id": "svc.host",
+                    "_context_project_id": "p-1", "_context_user_id": "u-1",
+                    "_context_request_id": "req-1", "payload": {}}
+    by_choice = {}
+    for choice, source in (("ceilometer", data), ("stackdistiller", data), ("auto", stack_data)):
+        definitions = load_definitions(source, "x.yaml", plugins, choice)
+        by_choice[choice] = Distiller(definitions, catch_all=True).distill(notification)
+    assert set(CEILOMETER_DEFAULT_TRAITS) - set(DEFAULT_TRAITS) == {"project_id", "user_id"}
+    assert {k: by_choice["ceilometer"][k] for k in ("project_id", "user_id", "tenant_id")} == {
+        "project_id": "p-1", "user_id": "u-1", "tenant_id": "p-1"}
+    for stackdistiller in (by_choice["stackdistiller"], by_choice["auto"]):
+        assert not {"project_id", "user_id", "tenant_id"} & set(stackdistiller)
+        assert stackdistiller["request_id"] == "req-1" and stackdistiller["service"] == "svc.host"

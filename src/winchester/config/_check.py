@@ -75,6 +75,8 @@ def check_configuration(config_file: str | Path) -> CheckReport:
         else:
             file_report.path = Path(loaded.file_name)
             file_report.summary = f"{len(loaded)} {noun}"
+            if key == "distiller_config":
+                file_report.summary += f" ({loaded.default_traits}'s default traits)"
             file_report.problems.extend(loaded.warnings)
 
     pipelines_report = FileReport(key="pipeline_config", path=None)

@@ -24,7 +24,7 @@ def load_event_definitions(settings: Settings) -> DefinitionSet:
                 for message in plugin_problems]
     path, data, yaml_warnings = settings.read_yaml("distiller_config")
     try:
-        definitions = load_definitions(data, str(path), plugins)
+        definitions = load_definitions(data, str(path), plugins, settings.distiller_default_traits)
     except ConfigError as exc:
         raise ConfigError([*problems, *yaml_warnings, *exc.problems]) from None
     if problems:

@@ -243,6 +243,13 @@ def _duration(value: Any) -> str | None:
     return None
 
 
+def _default_traits(value: Any) -> str | None:
+    from winchester.distill import DEFAULT_TRAIT_CHOICES
+
+    return None if value in DEFAULT_TRAIT_CHOICES else (
+        f"must be one of {', '.join(DEFAULT_TRAIT_CHOICES)}, not {_describe(value)}")
+
+
 def _clock_kind(value: Any) -> str | None:
     return None if value in ("wall", "event") else f"must be 'wall' or 'event', not {_describe(value)}"
 
@@ -341,6 +348,11 @@ KEYS: tuple[Key, ...] = (
         help="Handler name -> `module.path:ClassName`, added to the built-in handlers."),
     Key("distiller_trait_plugins", _import_map, {},
         help="Trait plugin name -> `module.path:ClassName`, added to the built-in plugins."),
+    Key("distiller_default_traits", _default_traits, "auto",
+        help="Whose default traits every event gets: `stackdistiller` (service, request_id, "
+             "tenant_id), `ceilometer` (also project_id and user_id, tenant_id from the "
+             "context's project_id), or `auto`: Ceilometer's when the definitions address "
+             "`ctxt.` or `metadata.`, as Ceilometer's files do."),
     Key("catch_all_notifications", _boolean, False,
         help="Turn notifications that match no event definition into events with the default traits."),
     Key("statistics_period", _positive_number, 10,
@@ -437,6 +449,7 @@ class Settings:
     pipeline_config: str
     pipeline_handlers: Mapping[str, str]
     distiller_trait_plugins: Mapping[str, str]
+    distiller_default_traits: str
     catch_all_notifications: bool
     statistics_period: float
     pipeline_worker_batch_size: int

@@ -10,11 +10,15 @@ introduced and Ceilometer still ships::
 Definitions are searched from the last to the first; the first whose
 event types match wins. Every event gets the default traits ``service``
 (``publisher_id``), ``request_id`` (``_context_request_id``) and ``tenant_id``
-(``payload.tenant_id`` or ``_context_tenant``) unless its definition sets them.
+(``payload.tenant_id`` or ``_context_tenant``) unless its definition sets them;
+a file in Ceilometer's dialect gets Ceilometer's instead
+(:data:`CEILOMETER_DEFAULT_TRAITS`: also ``project_id`` and ``user_id``).
 """
 
 from winchester.distill._convert import ConversionError, parse_datetime
 from winchester.distill._definitions import (
+    CEILOMETER_DEFAULT_TRAITS,
+    DEFAULT_TRAIT_CHOICES,
     DEFAULT_TRAITS,
     DefinitionSet,
     EventDefinition,
@@ -44,6 +48,8 @@ from winchester.distill._plugins import (
 
 __all__ = [
     "BUILTIN_PLUGINS",
+    "CEILOMETER_DEFAULT_TRAITS",
+    "DEFAULT_TRAIT_CHOICES",
     "DEFAULT_TRAITS",
     "ENTRY_POINT_GROUP",
     "BitfieldPlugin",

@@ -27,6 +27,20 @@ DEFAULT_TRAITS: dict[str, dict[str, Any]] = {
     "request_id": {"type": "text", "fields": "_context_request_id"},
     "tenant_id": {"type": "text", "fields": ["payload.tenant_id", "_context_tenant"]},
 }
+# Ceilometer's (ceilometer/event/converter.py): the project and user too, from
+# the context's project_id, which current oslo.context sends instead of tenant.
+# Addressed on the wire (ctxt.x is _context_x there) so that using them does not
+# make every definition build Ceilometer's view of the notification.
+CEILOMETER_DEFAULT_TRAITS: dict[str, dict[str, Any]] = {
+    "service": {"type": "text", "fields": "publisher_id"},
+    "request_id": {"type": "text", "fields": "_context_request_id"},
+    "project_id": {"type": "text", "fields": ["payload.tenant_id", "_context_project_id"]},
+    "user_id": {"type": "text", "fields": ["payload.user_id", "_context_user_id"]},
+    "tenant_id": {"type": "text", "fields": ["payload.tenant_id", "_context_project_id"]},
+}
+DEFAULT_TRAIT_SETS = {"stackdistiller": DEFAULT_TRAITS, "ceilometer": CEILOMETER_DEFAULT_TRAITS}
+# `default_traits: auto` picks by the file; see default_traits_for.
+DEFAULT_TRAIT_CHOICES = ("auto", *DEFAULT_TRAIT_SETS)
 # Paths rooted here address Ceilometer's form of a notification
 # ({ctxt, publisher_id, event_type, payload, metadata}); see Distiller.
 CEILOMETER_ROOTS = frozenset({"ctxt", "metadata"})
@@ -106,6 +120,7 @@ class DefinitionSet:
     definitions: tuple[EventDefinition, ...]
     catch_all: EventDefinition
     warnings: tuple[Problem, ...] = field(default=())
+    default_traits: str = "stackdistiller"  # whose default traits the definitions got
 
     def __len__(self) -> int:
         return len(self.definitions)
@@ -131,8 +146,12 @@ class _Problems:
         self.items.append(Problem(self.file_name, where, message, line, column, severity))
 
 
-def load_definitions(data: Any, file_name: str, plugins: Mapping[str, type]) -> DefinitionSet:
+def load_definitions(data: Any, file_name: str, plugins: Mapping[str, type],
+                     default_traits: str = "auto") -> DefinitionSet:
     """Compile the parsed contents of an event definitions file.
+
+    ``default_traits`` (``stackdistiller``, ``ceilometer`` or ``auto``): the
+    traits every definition gets unless it sets them (see DEFAULT_TRAIT_SETS).
 
     Raises :class:`ConfigError` listing every problem: each names the file,
     the definition (index and event types), the trait and the field.
@@ -143,21 +162,39 @@ def load_definitions(data: Any, file_name: str, plugins: Mapping[str, type]) -> 
     if not isinstance(data, list):
         problems.add("", "must be a list of event definitions", data)
         raise ConfigError(problems.items)
+    dialect = default_traits_for(data) if default_traits == "auto" else default_traits
+    defaults = DEFAULT_TRAIT_SETS[dialect]
     definitions = []
     for index, raw in enumerate(data):
-        definition = _load_definition(index, raw, data, problems, plugins)
+        definition = _load_definition(index, raw, data, problems, plugins, defaults)
         if definition is not None:
             definitions.append(definition)
     errors = [p for p in problems.items if p.severity == "error"]
     if errors:
         raise ConfigError(problems.items)
-    catch_all = _build_definition(-1, ["*"], {}, problems, plugins, None)
+    catch_all = _build_definition(-1, ["*"], {}, problems, plugins, None, defaults)
     return DefinitionSet(file_name, tuple(definitions), catch_all,
-                         tuple(p for p in problems.items if p.severity != "error"))
+                         tuple(p for p in problems.items if p.severity != "error"), dialect)
+
+
+def default_traits_for(data: list) -> str:
+    """Whose default traits a file's definitions get: Ceilometer's when the file
+    addresses Ceilometer's form of a notification (``ctxt.``, ``metadata.``), as
+    Ceilometer's own files do; otherwise StackDistiller's."""
+    for raw in data:
+        traits = raw.get("traits") if isinstance(raw, Mapping) else None
+        for spec in (traits.values() if isinstance(traits, Mapping) else ()):
+            fields = spec.get("fields") if isinstance(spec, Mapping) else None
+            for text in ([fields] if isinstance(fields, str) else
+                         fields if isinstance(fields, list) else ()):
+                if isinstance(text, str) and root_key(text) in CEILOMETER_ROOTS:
+                    return "ceilometer"
+    return "stackdistiller"
 
 
 def _load_definition(index: int, raw: Any, container: list, problems: _Problems,
-                     plugins: Mapping[str, type]) -> EventDefinition | None:
+                     plugins: Mapping[str, type],
+                     defaults: Mapping[str, Any]) -> EventDefinition | None:
     if not isinstance(raw, Mapping):
         problems.add(f"definition #{index}", "must be a mapping with 'event_type' and 'traits'",
                      container, index)
@@ -181,14 +218,14 @@ def _load_definition(index: int, raw: Any, container: list, problems: _Problems,
     for key in raw:
         if key not in ("event_type", "traits"):
             problems.add(f"{label} > {key}", "unknown key, ignored", raw, key, "warning")
-    return _build_definition(index, event_types, traits, problems, plugins, label)
+    return _build_definition(index, event_types, traits, problems, plugins, label, defaults)
 
 
 def _build_definition(index: int, event_types: list[str], traits: Mapping[str, Any],
                       problems: _Problems, plugins: Mapping[str, type],
-                      label: str | None) -> EventDefinition:
+                      label: str | None, defaults: Mapping[str, Any]) -> EventDefinition:
     compiled: dict[str, TraitDefinition] = {}
-    for name, spec in {**DEFAULT_TRAITS, **traits}.items():
+    for name, spec in {**defaults, **traits}.items():
         where = f"{label} > trait {name!r}"
         if name in REQUIRED_KEYS and not _may_override(name, spec):
             problems.add(where, f"a trait cannot be named {name!r}: the event's own {name} "
