@@ -220,6 +220,22 @@ def test_logging_config_file_is_honoured(tmp_path):
     assert logging.getLogger("winchester").level == logging.ERROR
 
 
+@pytest.mark.usefixtures("restore_logging")
+@pytest.mark.parametrize("name, text", [
+    ("logging.yaml", "version: 1\nhandlers:\n  out: {class: logging.StreamHandler}\n"
+                     "root: {level: INFO, handlers: [out]}\n"),
+    ("logging.json", '{"version": 1, "handlers": {"out": {"class": "logging.StreamHandler"}},'
+                     ' "root": {"level": "INFO", "handlers": ["out"]}}')])
+def test_a_dict_logging_config_leaves_winchesters_loggers_on(tmp_path, name, text):
+    """A YAML or JSON logging_config that does not say disable_existing_loggers keeps the
+    loggers Winchester already made working (dictConfig's own default silences them)."""
+    existing = logging.getLogger("winchester.services.ingest")
+    (tmp_path / name).write_text(text)
+    configure_logging(load_settings(write(tmp_path, MINIMAL + f"logging_config: {name}\n"),
+                                    environ={}))
+    assert not existing.disabled and existing.isEnabledFor(logging.INFO)
+
+
 def test_bad_logging_config_names_the_file(tmp_path):
     """An invalid logging configuration is a ConfigError naming its file."""
     (tmp_path / "logging.yaml").write_text("version: 99\n")

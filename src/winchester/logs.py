@@ -53,11 +53,14 @@ def configure_level(level: str) -> None:
 def _apply_logging_file(path: Path) -> None:
     suffix = path.suffix.lower()
     try:
-        if suffix in (".yaml", ".yml"):
-            data, _ = parse_yaml(read_text(path, "logging_config"), str(path))
-            logging.config.dictConfig(_plain(data))
-        elif suffix == ".json":
-            logging.config.dictConfig(orjson.loads(read_text(path, "logging_config")))
+        if suffix in (".yaml", ".yml", ".json"):
+            text = read_text(path, "logging_config")
+            data = _plain(parse_yaml(text, str(path))[0]) if suffix != ".json" else orjson.loads(text)
+            if isinstance(data, dict):
+                # dictConfig's default would silence every logger that exists
+                # already: all of Winchester's, errors and dead letters included.
+                data.setdefault("disable_existing_loggers", False)
+            logging.config.dictConfig(data)
         else:
             logging.config.fileConfig(path, disable_existing_loggers=False)
     except ConfigError:
