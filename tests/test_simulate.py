@@ -208,3 +208,25 @@ def test_streams_opened_by_generated_events_are_counted_as_created(tmp_path):
     [row] = [line for line in result.output.splitlines() if "│ verdicts " in line]
     trigger, _, created, _ = (cell.strip() for cell in row.split("│")[1:-1])
     assert created == f"{created_verdicts:,}"
+
+
+def test_replay_says_how_many_handler_commits_failed(tmp_path):
+    """A webhook nobody answers fails every commit: the streams still count as fired (their
+    pipeline ran), and the summary says that many commits failed instead of staying silent."""
+    import socket
+
+    with socket.socket() as probe:  # a port that was free a moment ago
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = _webhook_config(tmp_path, f"http://127.0.0.1:{port}/hook")
+    text = (config.parent / "pipelines.yaml").read_text()
+    (config.parent / "pipelines.yaml").write_text(
+        text.replace("      event_types:", "      retries: 0\n      timeout: 1\n      event_types:"))
+    capture, _ = workload_file(tmp_path, instances=5, days=2)
+    env = {"WINCHESTER_DATABASE_URL": f"sqlite:///{tmp_path / 'real.db'}"}
+    assert run_cli("db", "upgrade", "-c", str(config), env=env).exit_code == 0
+    result = run_cli("replay", "-c", str(config), str(capture), "--run-workers", env=env)
+    assert result.exit_code == 0, result.output
+    fired = int(result.output.split(" fired")[0].rsplit(" ", 1)[1].replace(",", ""))
+    assert fired > 0
+    assert f", {fired:,} handler commits failed (their side effects did not happen" in result.output

@@ -185,6 +185,8 @@ def _report(console: Console, summary: ReplaySummary, skipped_in_archive: Counte
     console.print(f"streams: {summary.streams_created:,} created, {summary.fired:,} fired, "
                   f"{summary.expired:,} expired"
                   + (f", {summary.pipeline_errors:,} pipeline failures" if summary.pipeline_errors else "")
+                  + (f", {summary.commit_errors:,} handler commits failed (their side effects "
+                     "did not happen; the log says why)" if summary.commit_errors else "")
                   + (f"; event time now {summary.event_time:%Y-%m-%d %H:%M:%S}"
                      if summary.event_time else ""), markup=False)
     stats = ingester.stats

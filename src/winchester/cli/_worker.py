@@ -82,7 +82,9 @@ def _summary(console: Console, runner: Worker, processed: int) -> None:
     stats = runner.stats
     console.print(f"worker {runner.name}: {processed:,} stream(s) processed: {stats.fired:,} fired, "
                   f"{stats.expired:,} expired, {sum(stats.errors.values()):,} failed, "
-                  f"{stats.generated:,} event(s) generated, {stats.trimmed:,} event(s) trimmed")
+                  f"{stats.generated:,} event(s) generated, {stats.trimmed:,} event(s) trimmed"
+                  + (f", {stats.commit_errors:,} handler commit(s) failed (their side effects did "
+                     "not happen; the log says why)" if stats.commit_errors else ""))
     if stats.by_trigger:
         table = Table(title="Streams", title_justify="left")
         table.add_column("trigger")

@@ -78,6 +78,7 @@ class ReplaySummary:
     fired: int = 0
     expired: int = 0
     pipeline_errors: int = 0
+    commit_errors: int = 0      # handler commits that raised (their pipeline had succeeded)
     first_event_time: datetime | None = None
     event_time: datetime | None = None    # the clock when the replay ended
     elapsed: float = 0.0
@@ -95,6 +96,7 @@ class ReplaySummary:
             "rejected": dict(self.rejected), "late": self.late, "ahead_of_clock": self.ahead,
             "archived": self.archived, "streams_created": self.streams_created,
             "fired": self.fired, "expired": self.expired, "pipeline_errors": self.pipeline_errors,
+            "commit_errors": self.commit_errors,
             "event_time": self.event_time.isoformat() if self.event_time else None,
             "elapsed_seconds": round(self.elapsed, 3), "interrupted": self.interrupted,
             "committed_through": self.committed_through,
@@ -304,6 +306,7 @@ class Replayer:
         self.summary.fired += stats["fired"]
         self.summary.expired += stats["expired"]
         self.summary.pipeline_errors += stats["errors"]
+        self.summary.commit_errors += stats.get("commit_errors", 0)
         for kind in GENERATED_COUNTS:
             self.summary.generated_counts[kind].update(stats.get(kind, {}))
 
@@ -316,6 +319,7 @@ class Replayer:
         self._count_worker({"fired": after["fired"] - before["fired"],
                             "expired": after["expired"] - before["expired"],
                             "errors": after["errors"] - before["errors"],
+                            "commit_errors": after["commit_errors"] - before["commit_errors"],
                             **{kind: after[kind] - before[kind] for kind in GENERATED_COUNTS}})
 
     # -- pacing ------------------------------------------------------------------------
@@ -350,6 +354,7 @@ def _worker_report(worker: Worker) -> dict[str, Any]:
     """What a worker did, as the replay counts it (the child process sends this to the parent)."""
     stats = worker.stats
     return {"fired": stats.fired, "expired": stats.expired, "errors": sum(stats.errors.values()),
+            "commit_errors": stats.commit_errors,
             **{kind: Counter(getattr(stats, kind)) for kind in GENERATED_COUNTS}}
 
 
