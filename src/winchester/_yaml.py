@@ -42,6 +42,23 @@ class LocatedList(list):
         self.item_positions: list[Position] = []
 
 
+def kind_of(value: Any) -> str:
+    """What a YAML value is, in YAML's words (messages never show our located types)."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, dict):
+        return "mapping"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    return type(value).__name__
+
+
 def _position(node: yaml.Node) -> Position:
     return (node.start_mark.line + 1, node.start_mark.column + 1)
 

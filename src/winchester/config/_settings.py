@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from winchester._yaml import parse_yaml, position_of
+from winchester._yaml import kind_of, parse_yaml, position_of
 from winchester.errors import ConfigError, Problem, TimexSyntaxError
 from winchester.events import IDENTIFIER_MAX_LENGTH
 
@@ -182,7 +182,7 @@ def _string(value: Any) -> str | None:
 def _token_list(value: Any) -> str | None:
     # Never echo the value: these are secrets.
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        return f"must be a list of token strings, not a {type(value).__name__}"
+        return f"must be a list of token strings, not a {kind_of(value)}"
     short = sum(1 for item in value if len(item) < 16)
     return f"{short} of {len(value)} token(s) shorter than 16 characters" if short else None
 
@@ -265,7 +265,7 @@ def _describe(value: Any) -> str:
     text = repr(value)
     if len(text) > 60:
         text = text[:57] + "..."
-    return f"{type(value).__name__} {text}"
+    return f"{kind_of(value)} {text}"
 
 
 @dataclass(frozen=True)

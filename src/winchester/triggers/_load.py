@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from winchester._yaml import position_of
+from winchester._yaml import kind_of, position_of
 from winchester.errors import ConfigError, Problem
 from winchester.events import IDENTIFIER_MAX_LENGTH
 from winchester.timex import Expression
@@ -73,7 +73,7 @@ def load_triggers(data: Any, file_name: str,
     if data is None:
         data = []
     if not isinstance(data, list):
-        problems.error("", f"must be a list of trigger definitions, not {type(data).__name__}",
+        problems.error("", f"must be a list of trigger definitions, not a {kind_of(data)}",
                        data)
         raise ConfigError(problems.items)
     if not data:
