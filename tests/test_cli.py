@@ -86,6 +86,21 @@ def test_check_reports_every_problem_not_only_the_first(etc_copy):
     assert "bogus_key: unknown key, ignored" in result.output
 
 
+def test_check_goes_on_to_the_other_files_past_an_error_in_winchester_yaml(etc_copy):
+    """A wrong value in winchester.yaml does not hide the problems of the files it names, nor
+    its own unknown keys: one run lists them all."""
+    triggers = etc_copy / "triggers.yaml"
+    triggers.write_text(triggers.read_text().replace('"$last + 2d"', '"$last + 2 days"'))
+    winchester = etc_copy / "winchester.yaml"
+    winchester.write_text(winchester.read_text() + "\nstatistics_perod: 3\nintake: {batch_size: lots}\n")
+    result = run("check", "-c", str(winchester))
+    assert result.exit_code == 1
+    assert "intake.batch_size: must be a whole number, not string 'lots'" in result.output
+    assert "statistics_perod: unknown key, ignored" in result.output
+    assert "trigger 'usage_audit' > expiration: invalid time expression: unknown unit 'days'" in result.output
+    assert "(2 error(s), 1 warning(s))" in result.output
+
+
 def test_check_names_a_missing_file(etc_copy):
     """A file named in winchester.yaml but absent is reported with where it was looked for."""
     (etc_copy / "event_definitions.yaml").unlink()

@@ -7,6 +7,7 @@ problem: an operator fixing a file wants the whole list at once.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,9 +16,17 @@ from winchester.config._components import (
     load_pipeline_definitions,
     load_trigger_definitions,
 )
-from winchester.config._settings import Settings, load_settings
+from winchester._yaml import parse_yaml
+from winchester.config._settings import Settings, load_settings, read_text, settings_from_mapping
 from winchester.errors import ConfigError, Problem
 from winchester.pipelines import HandlerRegistry
+
+
+# The keys that say where the other files are: with one of them broken, those
+# files cannot be found to be checked.
+FILE_KEYS = frozenset({"config_path", "distiller_config", "trigger_definitions", "pipeline_config",
+                       "distiller_trait_plugins", "pipeline_handlers", "distiller_default_traits",
+                       "logging_config"})
 
 
 @dataclass
@@ -53,6 +62,24 @@ class CheckReport:
         return not self.errors
 
 
+def _without_broken_keys(config_file: str | Path, problems: list[Problem]) -> Settings | None:
+    """The settings with the keys that have errors left at their defaults, so the files
+    the rest names are checked too; None when that cannot be done (a file key is broken,
+    or the file cannot be read as a mapping)."""
+    broken = {problem.where.split(".", 1)[0] for problem in problems if problem.severity == "error"}
+    if "" in broken or broken & FILE_KEYS:
+        return None
+    try:
+        source = Path(config_file).expanduser().absolute()
+        data, _ = parse_yaml(read_text(source), str(source))
+        if not isinstance(data, dict):
+            return None
+        kept = {key: value for key, value in data.items() if key not in broken}
+        return settings_from_mapping(kept, source=source, environ=os.environ, cwd=Path.cwd())
+    except ConfigError:
+        return None
+
+
 def check_configuration(config_file: str | Path) -> CheckReport:
     """Load ``winchester.yaml`` and every file it names; collect every problem."""
     report = CheckReport(config_file=str(config_file))
@@ -60,9 +87,12 @@ def check_configuration(config_file: str | Path) -> CheckReport:
         settings = load_settings(config_file)
     except ConfigError as exc:
         report.problems.extend(exc.problems)
-        return report
+        settings = _without_broken_keys(config_file, exc.problems)
+        if settings is None:
+            return report
+    else:
+        report.problems.extend(settings.warnings)
     report.settings = settings
-    report.problems.extend(settings.warnings)
 
     for key, loader, noun in (("distiller_config", load_event_definitions, "event definitions"),
                               ("trigger_definitions", load_trigger_definitions, "triggers")):

@@ -642,7 +642,7 @@ def settings_from_mapping(data: Any, *, source: Path | None, environ: Mapping[st
         if message:
             problems.append(problem("database", message, subkey="url"))
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError([*problems, *warnings])
 
     config_dir = source.parent if source else cwd
     raw_paths = values["config_path"]
