@@ -222,6 +222,22 @@ def test_serve_port_0_listens_on_an_ephemeral_port(tmp_path, scripts):
         assert serve.terminate(60) == 0, serve.log
 
 
+def test_serve_on_a_port_in_use_says_so_without_a_traceback(tmp_path):
+    """A second server on a taken port exits 1 with one line naming the address and the
+    setting to change, before it opens anything."""
+    url = migrate(f"sqlite:///{tmp_path / 'winchester.db'}")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        config = make_config(tmp_path, "api:", "  host: 127.0.0.1", f"  port: {busy}", url=url)
+        result = run("api", "-c", str(config))
+    assert result.exit_code == 1
+    assert (f"error: the API cannot listen on 127.0.0.1:{busy}: Address already in use; another "
+            "process has that port") in result.output
+    assert "Traceback" not in result.output
+
+
 def test_serve_on_an_ipv6_host_prints_a_usable_url_and_loads(tmp_path, scripts):
     """`serve --host ::1 --load samples`: the URL is http://[::1]:PORT and the samples are loaded."""
     url = migrate(f"sqlite:///{tmp_path / 'winchester.db'}")

@@ -13,6 +13,7 @@ from winchester.cli._options import config_option, stopped_by_signals
 from winchester.cli._setup import open_parts
 from winchester.bus._connect import safe_url
 from winchester.config import open_store
+from winchester.errors import WinchesterError
 from winchester.services.serve import PARTS, build_server, default_parts
 
 LOAD_BATCH = 500
@@ -74,9 +75,13 @@ def _serve(config_file: str, parts: tuple[str, ...] | None, clock_kind: str, hos
     chosen = parts or default_parts(settings.bus_url)
     if load_file is not None and "api" not in chosen:
         raise click.UsageError("--load posts to the HTTP intake: include api in --with")
-    server = build_server(settings, loaded.triggers, loaded.pipelines, loaded.distiller,
-                          lambda: open_store(settings, loaded.triggers), chosen, clock_kind,
-                          host=host, port=port)
+    try:
+        server = build_server(settings, loaded.triggers, loaded.pipelines, loaded.distiller,
+                              lambda: open_store(settings, loaded.triggers), chosen, clock_kind,
+                              host=host, port=port)
+    except WinchesterError as exc:
+        console.print(f"error: {exc}", markup=False)
+        sys.exit(1)
     with stopped_by_signals(server.stop):
         server.start()
         if not server.wait_ready():

@@ -10,13 +10,16 @@ lets in-flight batches commit, then stops the worker after its current stream.
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from winchester.clock import Clock, WallClock
+from winchester.errors import WinchesterError
 from winchester.store import Store
 
 logger = logging.getLogger(__name__)
@@ -186,6 +189,12 @@ def build_server(settings: Any, triggers: Any, pipelines: Any, distiller: Any, o
     if unknown:
         raise ValueError(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
 
+    # Before anything is opened: a port in use is the commonest reason not to start.
+    listener = None
+    if "api" in wanted:
+        listener = listen(host if host is not None else settings.api.host,
+                          port if port is not None else settings.api.port)
+
     def store() -> Store:
         opened = open_store()
         server.stores.append(opened)
@@ -263,9 +272,34 @@ def build_server(settings: Any, triggers: Any, pipelines: Any, distiller: Any, o
         def stop_http() -> None:
             http.should_exit = True
 
-        server.add(Part("api", http.run, stop_http, lambda: http.started))
+        server.add(Part("api", lambda: http.run(sockets=[listener]), stop_http, lambda: http.started))
         server.http = http  # type: ignore[attr-defined]
     return server
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host``:``port`` for the API; WinchesterError naming the
+    address and the settings when it cannot be had (most often: the port is taken)."""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        listener = socket.socket(family, kind, protocol)
+    except OSError as exc:
+        raise WinchesterError(f"the API cannot listen on {host}:{port}: {exc.strerror or exc}; "
+                              "check api.host (or --host)") from None
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(2048)  # uvicorn's default backlog
+    except OSError as exc:
+        listener.close()
+        taken = exc.errno == errno.EADDRINUSE
+        raise WinchesterError(
+            f"the API cannot listen on {host}:{port}: {exc.strerror or exc}"
+            + ("; another process has that port (a second `winchester serve`?): stop it, or "
+               "choose another with api.port (or --port)" if taken else
+               "; check api.host and api.port (or --host and --port)")) from None
+    return listener
 
 
 def trigger_counters(counted: Iterable[Any]) -> dict[str, dict[str, int]]:
