@@ -16,7 +16,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import orjson
@@ -426,6 +426,29 @@ def test_archive_export_writes_bodies_nested_deeper_than_orjson_writes(tmp_path,
                  "--clock", "event", "--quiet", env={"WINCHESTER_DATABASE_URL": fresh})
     assert result.exit_code == 0, result.output
     assert "2 saved, 0 duplicates, 0 unconverted, 0 rejected" in result.output
+
+
+def test_archive_export_by_receipt_time_takes_every_row_and_writes_an_empty_period(archived,
+                                                                                   tmp_path):
+    """--received-from/--received-to bound when rows were archived: the malformed line, which
+    has no timestamp of its own, is in; a period with nothing archived is an empty file."""
+    today = datetime.now(timezone.utc).replace(tzinfo=None, hour=0, minute=0, second=0, microsecond=0)
+    window = ("--received-from", f"{today - timedelta(days=1):%Y-%m-%d}",
+              "--received-to", f"{today + timedelta(days=2):%Y-%m-%d}")
+    exported = tmp_path / "period.jsonl"
+    result = archived.cli("archive", "export", "-o", str(exported), *window)
+    assert result.exit_code == 0, result.output
+    records = [orjson.loads(line) for line in exported.read_bytes().splitlines()]
+    assert len(records) == 627 and any(r["reason"] for r in records)
+    assert archived.cli("archive", "count", *window).output.strip() == "627"
+    assert archived.cli("archive", "count", "--from", "2000-01-01").output.strip() == "626"
+
+    empty = tmp_path / "next-month.jsonl"
+    result = archived.cli("archive", "export", "-o", str(empty), "--received-from",
+                          f"{today + timedelta(days=2):%Y-%m-%d}")
+    assert result.exit_code == 0, result.output
+    assert empty.exists() and empty.read_bytes() == b""
+    assert "0 notification(s) exported" in result.output
 
 
 def test_archive_export_filters(archived, tmp_path):

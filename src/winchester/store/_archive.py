@@ -67,18 +67,23 @@ class ArchiveStore:
         return ArchiveResult(archived, len(values) - archived)
 
     def count_archive(self, since: datetime | None = None, until: datetime | None = None,
-                      event_type: str | None = None) -> int:
-        query = sa.select(sa.func.count()).select_from(archive).where(*_filters(since, until, event_type))
+                      event_type: str | None = None, *,
+                      received: tuple[datetime | None, datetime | None] = (None, None)) -> int:
+        query = sa.select(sa.func.count()).select_from(archive).where(
+            *_filters(since, until, event_type, received))
         with self.engine.connect() as connection:
             return connection.execute(query).scalar_one()
 
     def iter_archive(self, since: datetime | None = None, until: datetime | None = None,
                      event_type: str | None = None, batch: int = 1000,
-                     after_id: int = 0, settle_seconds: float = 30.0) -> Iterator[ArchivedNotification]:
+                     after_id: int = 0, settle_seconds: float = 30.0, *,
+                     received: tuple[datetime | None, datetime | None] = (None, None)
+                     ) -> Iterator[ArchivedNotification]:
         """Archived notifications in arrival order, read a page at a time (memory stays flat).
 
         ``since``/``until`` bound the notification's own timestamp
         (``generated``); rows without one are included only when neither is given.
+        ``received`` (since, until) bounds when it was archived: every row has that.
         What is read is the archive as it stood when the iteration began, and
         all of it: see :meth:`_settled_archive_id` (waits at most ``settle_seconds``).
         """
@@ -87,7 +92,7 @@ class ArchiveStore:
         while True:
             query = (sa.select(archive)
                      .where(archive.c.id > last, archive.c.id <= through,
-                            *_filters(since, until, event_type))
+                            *_filters(since, until, event_type, received))
                      .order_by(archive.c.id).limit(batch))
             with self.engine.connect() as connection:
                 rows = connection.execute(query).all()
@@ -156,8 +161,14 @@ class ArchiveStore:
         return self._retrying(trim)
 
 
-def _filters(since: datetime | None, until: datetime | None, event_type: str | None) -> list:
+def _filters(since: datetime | None, until: datetime | None, event_type: str | None,
+             received: tuple[datetime | None, datetime | None] = (None, None)) -> list:
     conditions = []
+    received_since, received_until = received
+    if received_since is not None:
+        conditions.append(archive.c.received_at >= received_since)
+    if received_until is not None:
+        conditions.append(archive.c.received_at < received_until)
     if since is not None:
         conditions.append(archive.c.generated >= since)
     if until is not None:
