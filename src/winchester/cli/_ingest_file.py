@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import sys
 from datetime import timedelta
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -9,7 +10,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
-from winchester.cli._inputs import capture_bytes, capture_lines, unwrapped
+from winchester.cli._inputs import capture_bytes, capture_files, capture_lines, unwrapped
 from winchester.cli._options import config_option, stopped_by_signals
 from winchester.cli._setup import open_parts
 from winchester.clock import clock_from_settings
@@ -20,7 +21,7 @@ from winchester.services.replay import SHOWN_REJECTIONS, Notification, Replayer,
 
 @click.command("ingest-file")
 @config_option
-@click.argument("source", metavar="FILE.jsonl | -")
+@click.argument("source", metavar="FILE.jsonl | DIRECTORY | -")
 @click.option("--clock", "clock_kind", type=click.Choice(["wall", "event"]),
               help="'event': now follows the notifications' own timestamps (for captured data), "
                    "shared through the database [default: the clock setting].")
@@ -33,6 +34,9 @@ def ingest_file(config_file: str, source: str, clock_kind: str | None, batch_siz
                 unwrap: str | None, quiet: bool) -> None:
     """Ingest notifications from a JSON-lines file (plain or gzip) or '-' for stdin.
 
+    A DIRECTORY means every capture file below it (*.jsonl, *.ndjson, each
+    also gzipped, and *.json.gz), in path order; how many is printed first.
+
     Each line is one notification (legacy format or oslo.messaging v2
     envelope). Rejected lines are kept in the dead-letter table with their
     reason; duplicates (a message_id already stored) change nothing, so a file
@@ -41,6 +45,10 @@ def ingest_file(config_file: str, source: str, clock_kind: str | None, batch_siz
     `winchester replay` does the same with more sources, pacing and workers.
     """
     console = Console(stderr=True, highlight=False, soft_wrap=True)
+    if source != "-" and Path(source).is_dir():
+        files = capture_files(source)
+        console.print(f"{source}: {len(files):,} capture file(s) below it, from {files[0]} to "
+                      f"{files[-1]}", markup=False)
     total_bytes = capture_bytes(source)
     parts = open_parts(config_file, console, distiller=True, streaming=True)
     store = parts.store

@@ -70,7 +70,9 @@ def replay(config_file: str, source: str, since: datetime | None, until: datetim
     """Replay notifications from the past in event time.
 
     SOURCE is a JSON-lines capture (plain or gzip), a directory of them (every
-    *.jsonl / *.jsonl.gz below it, in path order), - for stdin, or archive:
+    *.jsonl, *.ndjson, each also gzipped, and *.json.gz below it, in path
+    order),
+    - for stdin, or archive:
     for the persistor's archive (--from / --to / --event-type filter it; it
     is read in arrival order).
 
