@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 
 import pytest
@@ -155,6 +156,21 @@ def test_ahead_and_late_events_are_stored_and_counted(store):
     assert outcome.stored.saved == 3 and (outcome.ahead, outcome.late) == (1, 1)
     assert clock.now() == T0 + MINUTE
     assert ingester.stats.as_dict()["ahead_of_clock"] == 1 and ingester.stats.late == 1
+
+
+def test_a_duplicate_is_not_counted_or_logged_as_late_or_ahead(store, caplog):
+    """The same far-off events again are duplicates: nothing is stored, so nothing is late or
+    ahead (a re-ingested file's summary counts each event once)."""
+    batch = [event("next-year", T0 + timedelta(days=365)), event("last-week", T0 - timedelta(days=7))]
+    Ingester(store, TRIGGERS, clock=EventClock(T0, max_skew=HOUR)).add_events(batch)
+    again = Ingester(store, TRIGGERS, clock=EventClock(T0, max_skew=HOUR))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="winchester.services.ingest"):
+        outcome = again.add_events(batch)
+    assert outcome.stored.saved == 0 and len(outcome.stored.duplicates) == 2
+    assert (outcome.ahead, outcome.late) == (0, 0)
+    assert (again.stats.ahead, again.stats.late) == (0, 0)
+    assert not [r for r in caplog.records if "stamped more than" in r.getMessage()]
 
 
 def test_explain_says_an_expired_stream_within_the_grace_still_takes_late_events(store):

@@ -58,6 +58,9 @@ class PreparedBatch:
     # instead, it could already include the next batch (prepared while this
     # one is written) before that is stored.
     shared_clock: datetime | None = None
+    # (event, the clock when it came) of the events stamped far from the clock;
+    # counted and logged at commit, once the duplicates among them are known.
+    off_clock: tuple[list[tuple[Event, datetime]], list[tuple[Event, datetime]]] = ((), ())
 
 
 @dataclass
@@ -197,9 +200,32 @@ class Ingester:
             if outcome.stored.duplicates:
                 logger.info("%d duplicate event(s) ignored (message_id already stored), e.g. %s",
                             len(outcome.stored.duplicates), outcome.stored.duplicates[0])
+        self._count_off_clock(batch, outcome)
         self._count_types(batch.items, outcome.stored.duplicates)
         self.stats.add(outcome)
         return outcome
+
+    def _count_off_clock(self, batch: PreparedBatch, outcome: BatchOutcome) -> None:
+        """Count and log the events stamped far from the clock that were stored (a duplicate
+        is neither stored nor news)."""
+        duplicates = set(outcome.stored.duplicates)
+        ahead, late = ([(event, now) for event, now in found if event["message_id"] not in duplicates]
+                       for found in batch.off_clock)
+        clock = self.clock
+        if ahead:
+            outcome.ahead += len(ahead)
+            event, now = ahead[0]
+            logger.warning("%d event(s) stamped more than %s ahead of the %s clock: stored, but "
+                           "time not moved by them (unless a second event confirms the jump); "
+                           "e.g. %s at %s when the clock said %s", len(ahead), _skew_of(clock),
+                           clock.name, event["message_id"], event["timestamp"],
+                           f"{now:%Y-%m-%d %H:%M:%S}")
+        if late:
+            outcome.late += len(late)
+            event, now = late[0]
+            logger.info("%d event(s) stamped more than %s behind the %s clock: stored; e.g. %s at "
+                        "%s when the clock said %s", len(late), _skew_of(clock), clock.name,
+                        event["message_id"], event["timestamp"], f"{now:%Y-%m-%d %H:%M:%S}")
 
     def _count_types(self, items: list[IngestItem], duplicates: Sequence[str]) -> None:
         stats = self.stats
@@ -220,40 +246,26 @@ class Ingester:
         self.commit(self._prepared(events, outcome))
 
     def _prepared(self, events: list[Event], outcome: BatchOutcome) -> PreparedBatch:
-        items = self._match(events, outcome)  # moves the clock: read it after
+        items, off_clock = self._match(events)  # moves the clock: read it after
         clock = self.clock
         shared = clock.value() if isinstance(clock, EventClock) and clock.shared else None
-        return PreparedBatch(items, outcome, clock.now(), shared)
+        return PreparedBatch(items, outcome, clock.now(), shared, off_clock)
 
-    def _match(self, events: list[Event], outcome: BatchOutcome) -> list[IngestItem]:
+    def _match(self, events: list[Event]) -> tuple[list[IngestItem], Any]:
         items = []
         clock = self.clock
         matches_of = self.triggers.matches
-        # (count, first such event, the clock when it came)
-        ahead: list[Any] = [0, None, None]
-        late: list[Any] = [0, None, None]
+        ahead: list[tuple[Event, datetime]] = []
+        late: list[tuple[Event, datetime]] = []
         for event in events:
             verdict = clock.observe(event["timestamp"])
             now = clock.now()
-            if verdict is AHEAD or verdict is LATE:
-                tally = ahead if verdict is AHEAD else late
-                if not tally[0]:
-                    tally[1:] = event, now
-                tally[0] += 1
+            if verdict is AHEAD:
+                ahead.append((event, now))
+            elif verdict is LATE:
+                late.append((event, now))
             items.append(IngestItem(event, matches_of(event), now))
-        if ahead[0]:
-            outcome.ahead += ahead[0]
-            logger.warning("%d event(s) stamped more than %s ahead of the %s clock: stored, but "
-                           "time not moved by them (unless a second event confirms the jump); "
-                           "e.g. %s at %s when the clock said %s", ahead[0], _skew_of(clock),
-                           clock.name, ahead[1]["message_id"], ahead[1]["timestamp"],
-                           f"{ahead[2]:%Y-%m-%d %H:%M:%S}")
-        if late[0]:
-            outcome.late += late[0]
-            logger.info("%d event(s) stamped more than %s behind the %s clock: stored; e.g. %s at "
-                        "%s when the clock said %s", late[0], _skew_of(clock), clock.name,
-                        late[1]["message_id"], late[1]["timestamp"], f"{late[2]:%Y-%m-%d %H:%M:%S}")
-        return items
+        return items, (ahead, late)
 
 
 def _skew_of(clock: Clock) -> str:
