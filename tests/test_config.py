@@ -306,3 +306,22 @@ def test_an_indexed_trait_name_longer_than_the_store_keeps_is_an_error(tmp_path)
                       environ={})
     [problem] = caught.value.problems
     assert problem.where == "indexed_traits" and "256 characters" in problem.message
+
+
+@pytest.mark.parametrize("name, text, where", [
+    ("logging.yaml", "version: 1\nhandlers:\n  out: {class: nosuch.Handler}\n"
+                     "root: {handlers: [out]}\n", "handlers > out"),
+    ("logging.ini", "[loggers]\nkeys=root\n[handlers]\nkeys=out\n[formatters]\nkeys=\n"
+                    "[logger_root]\nhandlers=out\n[handler_out]\nclass=nosuch.Handler\nargs=()\n",
+     "handler_out")])
+def test_check_refuses_a_logging_config_naming_a_class_that_cannot_be_imported(name, text, where,
+                                                                             tmp_path):
+    """What would stop every service at start is found by `check`, naming the handler."""
+    from winchester.logs import check_logging_file
+
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError) as refused:
+        check_logging_file(tmp_path / name)
+    assert f"{where}: cannot import 'nosuch.Handler'" in str(refused.value)
+    (tmp_path / name).write_text(text.replace("nosuch.Handler", "logging.StreamHandler"))
+    check_logging_file(tmp_path / name)  # a class that exists passes

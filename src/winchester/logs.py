@@ -93,6 +93,12 @@ def check_logging_file(path: Path) -> None:
             raise ConfigError(Problem(file=str(path), where="logging_config", message=(
                 "invalid logging configuration: must be a mapping with version: 1 "
                 "(logging.config.dictConfig's schema)")))
+        for section in ("handlers", "formatters", "filters"):
+            entries = data.get(section)
+            for name, spec in (entries.items() if isinstance(entries, dict) else ()):
+                target = spec.get("class", spec.get("()")) if isinstance(spec, dict) else None
+                if isinstance(target, str):
+                    _check_importable(path, f"{section} > {name}", target)
         return
     import configparser
 
@@ -107,6 +113,33 @@ def check_logging_file(path: Path) -> None:
         raise ConfigError(Problem(file=str(path), where="logging_config", message=(
             f"invalid logging configuration: no [{'], ['.join(missing)}] section(s) "
             "(logging.config.fileConfig's format)")))
+    for section in parser.sections():
+        target = parser.get(section, "class", fallback=None)
+        if section.startswith(("handler_", "formatter_")) and target:
+            # fileConfig evaluates the name in the logging module's namespace first
+            # (StreamHandler, handlers.RotatingFileHandler), then imports it.
+            if not _in_logging(target.strip()):
+                _check_importable(path, section, target.strip())
+
+
+def _in_logging(dotted: str) -> bool:
+    import logging.handlers  # noqa: F401 - fileConfig's namespace has it
+
+    found: object = logging
+    for part in dotted.split("."):
+        found = getattr(found, part, None)
+        if found is None:
+            return False
+    return True
+
+
+def _check_importable(path: Path, where: str, target: str) -> None:
+    """The class a logging configuration names can be imported (else it stops every service)."""
+    try:
+        logging.config.BaseConfigurator({}).resolve(target)
+    except Exception as exc:  # noqa: BLE001 - resolve raises ValueError wrapping ImportError and others
+        raise ConfigError(Problem(file=str(path), where="logging_config", message=(
+            f"invalid logging configuration: {where}: cannot import {target!r} ({exc})"))) from None
 
 
 def _plain(data):
