@@ -382,6 +382,33 @@ def test_map_plugin_translates_with_default_and_case_folding():
     assert event["level"] == "low" and event["strict"] == "unknown" and "dropped" not in event
 
 
+def test_split_and_map_take_the_first_field_that_gives_a_value_as_ceilometer_does():
+    """With several fields, split uses the first value that has the segment and map the first
+    that translates; a map whose fields are all missing adds no trait (its default is for a
+    value it does not know, not for no value)."""
+    body = {"event_type": "e", "message_id": "m", "timestamp": "2024-01-01 00:00:00",
+            "payload": {"a": "aval", "host": "node-7-x", "state": "running"}}
+    distiller = distiller_for("""
+- event_type: '*'
+  traits:
+    segment:
+      fields: [payload.a, payload.host]
+      plugin: {name: split, parameters: {separator: '-', segment: 1}}
+    state:
+      fields: [payload.a, payload.state]
+      plugin: {name: map, parameters: {values: {running: up}}}
+    unknown:
+      fields: [payload.a]
+      plugin: {name: map, parameters: {values: {running: up}, default: other}}
+    absent:
+      fields: [payload.nothere]
+      plugin: {name: map, parameters: {values: {running: up}, default: other}}
+""")
+    event = distiller.distill(body)
+    assert (event["segment"], event["state"], event["unknown"]) == ("7", "up", "other")
+    assert "absent" not in event
+
+
 class UpperPlugin(TraitPlugin):
     """A test plugin: upper-cases the first value."""
 

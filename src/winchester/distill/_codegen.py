@@ -53,7 +53,7 @@ def compile_extractor(plan: tuple, generic_trait: Callable) -> Extractor:
     for index, entry in enumerate(plan):
         name, _first, convert, is_text, plugin, paths = entry
         steps_list = [simple_steps(path.text) for path in paths]
-        # split, the one plugin nearly every file uses, only looks at the first value.
+        # split, the one plugin nearly every file uses, looks at one value at a time.
         first_value_plugin = type(plugin) is SplitPlugin
         inlinable = (plugin is None or first_value_plugin) and all(
             steps is not None and all(isinstance(step, str) for step in steps)
@@ -71,19 +71,25 @@ def compile_extractor(plan: tuple, generic_trait: Callable) -> Extractor:
             else:
                 parent = root_variable(tuple(steps[:-1]))
                 lookups.append(f"({parent}.get({steps[-1]!r}) if {parent} is not None else None)")
-        body_lines.append(f"    v = {lookups[0]}")
-        for lookup in lookups[1:]:
-            body_lines.append(f"    if v is None: v = {lookup}")
         if first_value_plugin:
             namespace[f"plugin{index}"] = plugin
-            # As in the general code: a plugin that raises loses its trait, never the event.
-            body_lines += [
-                "    if v is not None:",
-                f"        try: v = plugin{index}.trait_value([('', v)])",
-                "        except Exception as exc:",
-                f"            warn(definition, {name!r}, f'plugin raised {{type(exc).__name__}}: {{exc}}')",
-                "            v = None",
-            ]
+            # split takes the first field whose value has the segment. As in the
+            # general code: a plugin that raises loses its trait, never the event.
+            body_lines.append("    v = None")
+            for lookup in lookups:
+                body_lines += [
+                    "    if v is None:",
+                    f"        w = {lookup}",
+                    "        if w is not None:",
+                    f"            try: v = plugin{index}.trait_value([('', w)])",
+                    "            except Exception as exc:",
+                    f"                warn(definition, {name!r}, f'plugin raised {{type(exc).__name__}}: {{exc}}')",
+                    "                v = None",
+                ]
+        else:
+            body_lines.append(f"    v = {lookups[0]}")
+            for lookup in lookups[1:]:
+                body_lines.append(f"    if v is None: v = {lookup}")
         store = f"event[{name!r}]"
         if is_text:
             body_lines += [

@@ -41,7 +41,8 @@ class TraitPlugin:
 
 
 class SplitPlugin(TraitPlugin):
-    """One segment of the first value split on a separator (``compute.host-1`` -> ``host-1``)."""
+    """One segment of a value split on a separator (``compute.host-1`` -> ``host-1``): of the
+    first matched value that has that segment, as Ceilometer takes it."""
 
     def __init__(self, separator: str = ".", segment: int = 0, max_split: int | None = None):
         if not isinstance(separator, str) or not separator:
@@ -55,13 +56,13 @@ class SplitPlugin(TraitPlugin):
         self.max_split = -1 if max_split is None else max_split
 
     def trait_value(self, matches: list[Match]) -> Any:
-        if not matches:
-            return None
-        parts = str(matches[0][1]).split(self.separator, self.max_split)
-        try:
-            return parts[self.segment]
-        except IndexError:
-            return None
+        for _, value in matches:
+            parts = str(value).split(self.separator, self.max_split)
+            try:
+                return parts[self.segment]
+            except IndexError:
+                continue
+        return None
 
 
 class BitfieldPlugin(TraitPlugin):
@@ -113,7 +114,8 @@ class TimedeltaPlugin(TraitPlugin):
 
 
 class MapPlugin(TraitPlugin):
-    """Translate the first value through a lookup table, with a default."""
+    """Translate the matched values through a lookup table, with a default: the first that
+    translates to something is the trait; no matched value means no trait (as Ceilometer's)."""
 
     def __init__(self, values: Mapping[Any, Any] | None = None, default: Any = None,
                  case_sensitive: bool = True):
@@ -129,13 +131,14 @@ class MapPlugin(TraitPlugin):
         return value
 
     def trait_value(self, matches: list[Match]) -> Any:
-        if not matches:
-            return self.default
-        key = self._key(matches[0][1])
-        try:
-            return self.values.get(key, self.default)
-        except TypeError:  # an unhashable value (a list or a mapping) is never in the table
-            return self.default
+        for _, value in matches:
+            try:
+                mapped = self.values.get(self._key(value), self.default)
+            except TypeError:  # an unhashable value (a list or a mapping) is never in the table
+                mapped = self.default
+            if mapped is not None:
+                return mapped
+        return None
 
 
 BUILTIN_PLUGINS: dict[str, type] = {
