@@ -409,6 +409,18 @@ def test_split_and_map_take_the_first_field_that_gives_a_value_as_ceilometer_doe
     assert "absent" not in event
 
 
+def test_a_trait_given_as_a_bare_jsonpath_is_a_text_trait_as_in_ceilometer():
+    """Ceilometer's short form `name: jsonpath` means `{fields: jsonpath}` (type text)."""
+    distiller = distiller_for("""
+- event_type: '*'
+  traits:
+    instance: payload.instance_id
+    memory: payload.memory_mb
+""")
+    event = distiller.distill(NOTIFICATION)
+    assert (event["instance"], event["memory"]) == ("i-1", "512")
+
+
 class UpperPlugin(TraitPlugin):
     """A test plugin: upper-cases the first value."""
 
@@ -561,7 +573,7 @@ def test_definition_errors_name_file_definition_trait_field_and_line():
     e: {fields: payload.e, plugin: {name: split, parameters: {segment: one}}}
 - event_type: [image.*]
   traits:
-    f: nonsense
+    f: [1, 2]
 """)
     by_where = {p.where: p for p in problems}
     prefix = "definition #0 (compute.instance.*) > trait"
@@ -571,7 +583,7 @@ def test_definition_errors_name_file_definition_trait_field_and_line():
     assert "unknown plugin 'splitter'; available: bitfield, map, split, timedelta" in unknown.message
     assert "is required" in by_where[f"{prefix} 'd' > fields"].message
     assert "rejected its parameters" in by_where[f"{prefix} 'e' > plugin > parameters"].message
-    assert "must be a mapping" in by_where["definition #1 (image.*) > trait 'f'"].message
+    assert "must be a JSONPath, or a mapping" in by_where["definition #1 (image.*) > trait 'f'"].message
     assert all(p.file == "defs.yaml" for p in problems)
     assert by_where[f"{prefix} 'a' > type"].line == 3
 

@@ -248,9 +248,11 @@ def _may_override(name: str, spec: Any) -> bool:
 
 def _build_trait(name: str, spec: Any, where: str, traits: Mapping[str, Any],
                  problems: _Problems, plugins: Mapping[str, type]) -> TraitDefinition | None:
+    if isinstance(spec, str):
+        spec = {"fields": spec}  # Ceilometer's short form, `name: jsonpath`: a text trait
     if not isinstance(spec, Mapping):
-        problems.add(where, "must be a mapping with 'fields' (and optionally 'type', 'plugin')",
-                     traits, name)
+        problems.add(where, "must be a JSONPath, or a mapping with 'fields' (and optionally "
+                     "'type', 'plugin')", traits, name)
         return None
     ok = True
     trait_type = spec.get("type", "text")
