@@ -1,4 +1,5 @@
-"""Ingest: notifications and events in, streams out (the original TriggerManager).
+"""Ingest: notifications and events in, streams out (the original TriggerManager;
+:mod:`winchester.trigger_manager` builds one from the configuration, as the original did).
 
 ``add_notifications`` distils a batch, matches every event against the
 triggers (pure), and hands the store one batch to write in one transaction.
@@ -270,7 +271,3 @@ class Ingester:
 
 def _skew_of(clock: Clock) -> str:
     return str(getattr(clock, "max_skew", "?"))
-
-
-# The name existing integrations know.
-TriggerManager = Ingester
