@@ -85,6 +85,15 @@ def test_stacktach_configurations_load_unchanged_with_a_supported_database(name,
     assert "testpasswd" not in str(refused.value)
 
 
+@pytest.mark.parametrize("url", ["postgres://u@h/db", "postgresql://u@h/db",
+                                 "postgresql+psycopg://u@h/db", "sqlite:///x.db"])
+def test_every_spelling_of_a_supported_database_is_accepted(url, tmp_path):
+    """postgres:// is PostgreSQL too: only other databases are refused."""
+    path = write(tmp_path, MINIMAL + f"database:\n  url: {url}\n")
+    assert load_settings(path, environ={}).database_url == url
+    assert load_settings(path, environ={DATABASE_URL_ENV: url}).database_url == url
+
+
 def test_unknown_key_is_a_warning_naming_key_and_line(tmp_path):
     """An unknown key does not stop loading; the warning names it, its line and a likely fix."""
     settings = load_settings(write(tmp_path, MINIMAL + "statistic_period: 5\n"), environ={})

@@ -10,7 +10,8 @@ and the YAML definition that matches it last-to-first (anchors and ``<<``
 merges expanded), plus Ceilometer's default traits (the file addresses
 ``ctxt.``, so it gets them): ``service`` (``publisher_id``), ``request_id``
 (``_context_request_id``), ``project_id`` and ``tenant_id``
-(``payload.tenant_id`` or ``_context_project_id``) and ``user_id``
+(``payload.tenant_id`` or ``_context_project_id``; ``tenant_id`` then
+``_context_tenant``) and ``user_id``
 (``payload.user_id`` or ``_context_user_id``) where the definition does not
 set them. Reminders used throughout:
 
@@ -459,8 +460,9 @@ CASES = [
         # payload.loadbalancer_id and the top-level vip_* do not exist (the
         # 2022 payload has "id" and a nested "vip"); publisher_id is null.
         "request_id": "req-072bab53-1b9b-46fa-92b0-7f04305c31bf",
-        # No tenant_id: Ceilometer's default reads the context's project_id, not its
-        # tenant, and this context has only the latter.
+        # Ceilometer's default reads only the context's project_id; this older context
+        # has only the tenant, which is kept (as StackDistiller's default kept it).
+        "tenant_id": "qs59p6z696cp9cho8ze96edddvpfyvgz",  # _context_tenant
     }, id="octavia.loadbalancer.create.end"),
 ]
 
@@ -886,3 +888,10 @@ def test_the_default_traits_follow_the_files_dialect_unless_configured(real_data
     for stackdistiller in (by_choice["stackdistiller"], by_choice["auto"]):
         assert not {"project_id", "user_id", "tenant_id"} & set(stackdistiller)
         assert stackdistiller["request_id"] == "req-1" and stackdistiller["service"] == "svc.host"
+
+
+def test_a_file_in_the_short_form_addressing_ctxt_is_ceilometers_too():
+    """`name: ctxt.x` (Ceilometer's short form) marks a Ceilometer file like `fields: ctxt.x`."""
+    plugins, _ = available_plugins()
+    data, _ = parse_yaml("- event_type: '*'\n  traits:\n    user: ctxt.user_id\n", "short.yaml")
+    assert load_definitions(data, "short.yaml", plugins).default_traits == "ceilometer"

@@ -187,3 +187,12 @@ def test_explain_says_an_expired_stream_within_the_grace_still_takes_late_events
     store.late_event_grace = timedelta(0)
     verdict = explain_stream(store, TRIGGERS, stream.id, T0 + 65 * MINUTE)["verdict"]
     assert verdict.endswith("expiry passed 5m ago: a worker expires it next")
+
+
+def test_a_late_event_twice_in_one_batch_is_counted_once(store):
+    """Of two copies in one batch the first is stored: one late event, one duplicate."""
+    late = event("last-week", T0 - timedelta(days=7))
+    ingester = Ingester(store, TRIGGERS, clock=EventClock(T0, max_skew=HOUR))
+    outcome = ingester.add_events([late, dict(late)])
+    assert outcome.stored.saved == 1 and outcome.stored.duplicates == ["last-week"]
+    assert outcome.late == 1 and ingester.stats.late == 1

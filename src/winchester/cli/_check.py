@@ -30,8 +30,14 @@ def check(config_file: str, strict: bool) -> None:
     table.add_column("file", overflow="fold")
     table.add_column("result", overflow="fold")
     if settings is not None:
+        # Keys with errors were left at their defaults to check the rest: show no default
+        # as if it were the configured database.
+        broken = {problem.where.split(".", 1)[0] for problem in report.problems
+                  if problem.severity == "error"}
+        shown = ("[red]database: invalid (see below)[/red]" if "database" in broken
+                 else f"database {_safe(settings.database_url)}")
         table.add_row("winchester.yaml", _short(settings.source),
-                      f"database {_safe(settings.database_url)}")
+                      f"[red]{len(broken)} key(s) with errors[/red]; " + shown if broken else shown)
         for file_report in report.files:
             errors = sum(p.severity == "error" for p in file_report.problems)
             status = f"[red]{errors} error(s)[/red]" if errors else f"[green]ok[/green] {file_report.summary}"

@@ -129,7 +129,8 @@ def _database(value: Any) -> str | None:
     return f"url {problem}" if problem else None
 
 
-SUPPORTED_DATABASES = ("sqlite", "postgresql")
+# SQLAlchemy's backend names: postgres:// (Heroku's, and older libpq tools') is PostgreSQL too.
+SUPPORTED_DATABASES = ("sqlite", "postgresql", "postgres")
 
 
 def database_url_problem(url: str) -> str | None:

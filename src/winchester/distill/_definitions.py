@@ -36,7 +36,10 @@ CEILOMETER_DEFAULT_TRAITS: dict[str, dict[str, Any]] = {
     "request_id": {"type": "text", "fields": "_context_request_id"},
     "project_id": {"type": "text", "fields": ["payload.tenant_id", "_context_project_id"]},
     "user_id": {"type": "text", "fields": ["payload.user_id", "_context_user_id"]},
-    "tenant_id": {"type": "text", "fields": ["payload.tenant_id", "_context_project_id"]},
+    # Ceilometer stops at the project; an older context has only the tenant, and
+    # StackDistiller's default gave it: losing it would be a step back.
+    "tenant_id": {"type": "text",
+                  "fields": ["payload.tenant_id", "_context_project_id", "_context_tenant"]},
 }
 DEFAULT_TRAIT_SETS = {"stackdistiller": DEFAULT_TRAITS, "ceilometer": CEILOMETER_DEFAULT_TRAITS}
 # `default_traits: auto` picks by the file; see default_traits_for.
@@ -184,7 +187,7 @@ def default_traits_for(data: list) -> str:
     for raw in data:
         traits = raw.get("traits") if isinstance(raw, Mapping) else None
         for spec in (traits.values() if isinstance(traits, Mapping) else ()):
-            fields = spec.get("fields") if isinstance(spec, Mapping) else None
+            fields = spec.get("fields") if isinstance(spec, Mapping) else spec  # short form: a path
             for text in ([fields] if isinstance(fields, str) else
                          fields if isinstance(fields, list) else ()):
                 if isinstance(text, str) and root_key(text) in CEILOMETER_ROOTS:

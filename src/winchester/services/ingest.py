@@ -209,9 +209,20 @@ class Ingester:
     def _count_off_clock(self, batch: PreparedBatch, outcome: BatchOutcome) -> None:
         """Count and log the events stamped far from the clock that were stored (a duplicate
         is neither stored nor news)."""
-        duplicates = set(outcome.stored.duplicates)
-        ahead, late = ([(event, now) for event, now in found if event["message_id"] not in duplicates]
-                       for found in batch.off_clock)
+        ahead, late = batch.off_clock
+        if outcome.stored.duplicates and (ahead or late):
+            # Per copy, not per id: of an id twice in the batch the first copy is stored
+            # and the second is a duplicate; an id already in the store has no stored copy.
+            far = {event["message_id"] for event, _ in (*ahead, *late)}
+            stored = Counter(item.event["message_id"] for item in batch.items
+                             if item.event["message_id"] in far)
+            stored.subtract(m for m in outcome.stored.duplicates if m in far)
+            first_copies = {}
+            for item in batch.items:
+                first_copies.setdefault(item.event["message_id"], item.event)
+            kept = {id(first_copies[m]) for m, copies in stored.items() if copies > 0}
+            ahead, late = ([(event, now) for event, now in found if id(event) in kept]
+                           for found in (ahead, late))
         clock = self.clock
         if ahead:
             outcome.ahead += len(ahead)

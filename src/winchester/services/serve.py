@@ -166,11 +166,8 @@ def build_server(settings: Any, triggers: Any, pipelines: Any, distiller: Any, o
     from datetime import timedelta
 
     from winchester.clock import clock_from_settings
-    from winchester.services.ingest import Ingester
-    from winchester.services.intake import DirectIntake, IngestService, Persistor
-    from winchester.services.worker import build_worker
 
-    from winchester.bus import Bus, PollingDataSourceDriver
+    from winchester.bus import Bus
 
     def clock_for(part_store: Store) -> Clock:
         if clock is None or isinstance(clock, str):
@@ -194,6 +191,29 @@ def build_server(settings: Any, triggers: Any, pipelines: Any, distiller: Any, o
     if "api" in wanted:
         listener = listen(host if host is not None else settings.api.host,
                           port if port is not None else settings.api.port)
+    try:
+        _add_parts(server, settings, triggers, pipelines, distiller, open_store, wanted,
+                   clock_for, grace, worker_name, listener, host, port)
+    except BaseException:
+        if listener is not None:
+            listener.close()
+        for opened in server.stores:
+            opened.close()
+        raise
+    return server
+
+
+def _add_parts(server: Server, settings: Any, triggers: Any, pipelines: Any, distiller: Any,
+               open_store: Callable[[], Store], wanted: list[str], clock_for: Callable[[Store], Clock],
+               grace: Any, worker_name: str, listener: socket.socket | None,
+               host: str | None, port: int | None) -> None:
+    from winchester.services.ingest import Ingester
+    from winchester.services.intake import DirectIntake, IngestService, Persistor
+    from winchester.services.worker import build_worker
+
+    from winchester.bus import PollingDataSourceDriver
+
+    metrics = server.metrics
 
     def store() -> Store:
         opened = open_store()
@@ -272,24 +292,25 @@ def build_server(settings: Any, triggers: Any, pipelines: Any, distiller: Any, o
         def stop_http() -> None:
             http.should_exit = True
 
-        server.add(Part("api", lambda: http.run(sockets=[listener]), stop_http, lambda: http.started))
+        def serve_http() -> None:
+            try:
+                http.run(sockets=[listener])
+            finally:
+                listener.close()
+
+        server.add(Part("api", serve_http, stop_http, lambda: http.started))
         server.http = http  # type: ignore[attr-defined]
-    return server
 
 
 def listen(host: str, port: int) -> socket.socket:
     """A socket listening on ``host``:``port`` for the API; WinchesterError naming the
     address and the settings when it cannot be had (most often: the port is taken)."""
-    try:
-        family, kind, protocol, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-        listener = socket.socket(family, kind, protocol)
-    except OSError as exc:
-        raise WinchesterError(f"the API cannot listen on {host}:{port}: {exc.strerror or exc}; "
-                              "check api.host (or --host)") from None
+    # As uvicorn binds: IPv6 for an address with a colon, else IPv4 (so "localhost"
+    # is 127.0.0.1, whatever /etc/hosts lists first).
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(address)
+        listener.bind((host, port))
         listener.listen(2048)  # uvicorn's default backlog
     except OSError as exc:
         listener.close()
