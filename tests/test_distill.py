@@ -179,6 +179,9 @@ def test_catch_all_keeps_unmatched_notifications_with_default_traits():
     ('payload.image_meta."org.openstack__1__architecture"', "x64"),
     ("payload.volumes[1].id", "v-1"),
     ("payload.metadata[?key=image_id].value", "img-9"),
+    ("payload.metadata[?key~'^im'].value", "img-9"),  # jsonpath-rw-ext's regex, Ceilometer's
+    ("payload.metadata[?key=~'^oth'].value", "x"),    # jsonpath-ng's spelling of it
+    ("payload.metadata[?key='im~'].value", None),     # a ~ in quotes is only text
     ("publisher_id.`split(., 1, 1)`", "host-1.example.com"),
     ("publisher_id.`split(., 0, -1)`", "compute"),
     ("(payload.nothing)|(payload.instance_id)", "i-1"),

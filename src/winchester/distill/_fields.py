@@ -125,6 +125,25 @@ def _quote_filter_words(path: str) -> str:
     return _BARE_FILTER_WORD.sub(lambda m: f"{m.group(1)}'{m.group(2)}'{m.group(3)}", path)
 
 
+def _regex_filters(path: str) -> str:
+    """``[?key~'^im']`` -> ``[?key=~'^im']``: jsonpath-rw-ext's regex match (Ceilometer's
+    JSONPath) is spelt ``=~`` in jsonpath-ng. Quoted text is left alone."""
+    if "~" not in path:
+        return path
+    out: list[str] = []
+    quote = ""
+    for position, char in enumerate(path):
+        if quote:
+            if char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif char == "~" and (position == 0 or path[position - 1] != "="):
+            out.append("=")
+        out.append(char)
+    return "".join(out)
+
+
 def _split_getter(base: FirstGetter, separator: str, segment: int, max_split: int) -> FirstGetter:
     """The backtick ``split`` function on a plain path, as jsonpath-ng evaluates it."""
 
@@ -147,7 +166,7 @@ def _jsonpath_getters(path: str) -> tuple[FirstGetter, Getter]:
         with warnings.catch_warnings():
             # Deprecations are jsonpath-ng's business (the version is pinned below 2).
             warnings.simplefilter("ignore", DeprecationWarning)
-            expression = jsonpath_parse(_quote_filter_words(path))
+            expression = jsonpath_parse(_quote_filter_words(_regex_filters(path)))
     except Exception as exc:  # jsonpath-ng raises bare Exception subclasses from ply
         raise FieldPathError(f"{type(exc).__name__}: {exc}") from None
 
