@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import logging
@@ -203,14 +204,20 @@ def test_serve_loads_the_samples_answers_health_and_stops_on_sigterm(tmp_path, s
         store.close()
 
 
-def test_serve_port_0_listens_on_an_ephemeral_port(tmp_path, scripts):
-    """`serve --port 0` listens on a port of the system's choosing, not on api.port."""
+@contextlib.contextmanager
+def config_on_a_taken_port(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    """A migrated SQLite store and a config whose api.port another socket holds meanwhile."""
     url = migrate(f"sqlite:///{tmp_path / 'winchester.db'}")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         busy = taken.getsockname()[1]
-        config = make_config(tmp_path, "api:", "  host: 127.0.0.1", f"  port: {busy}", url=url)
+        yield make_config(tmp_path, "api:", "  host: 127.0.0.1", f"  port: {busy}", url=url), busy
+
+
+def test_serve_port_0_listens_on_an_ephemeral_port(tmp_path, scripts):
+    """`serve --port 0` listens on a port of the system's choosing, not on api.port."""
+    with config_on_a_taken_port(tmp_path) as (config, busy):
         serve = Script(tmp_path, "serve", "serve", "-c", str(config), "--with", "api", "--port", "0")
         scripts.append(serve)
         deadline = time.monotonic() + 120
@@ -225,12 +232,7 @@ def test_serve_port_0_listens_on_an_ephemeral_port(tmp_path, scripts):
 def test_serve_on_a_port_in_use_says_so_without_a_traceback(tmp_path):
     """A second server on a taken port exits 1 with one line naming the address and the
     setting to change, before it opens anything."""
-    url = migrate(f"sqlite:///{tmp_path / 'winchester.db'}")
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        busy = taken.getsockname()[1]
-        config = make_config(tmp_path, "api:", "  host: 127.0.0.1", f"  port: {busy}", url=url)
+    with config_on_a_taken_port(tmp_path) as (config, busy):
         result = run("api", "-c", str(config))
     assert result.exit_code == 1
     assert (f"error: the API cannot listen on 127.0.0.1:{busy}: Address already in use; another "

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,18 +130,25 @@ def _regex_filters(path: str) -> str:
     JSONPath) is spelt ``=~`` in jsonpath-ng. Quoted text is left alone."""
     if "~" not in path:
         return path
-    out: list[str] = []
+    out = list(path)
+    for position, char in reversed(list(_unquoted(path, "'\""))):
+        if char == "~" and (position == 0 or path[position - 1] != "="):
+            out.insert(position, "=")
+    return "".join(out)
+
+
+def _unquoted(path: str, quotes: str) -> Iterator[tuple[int, str]]:
+    """(position, character) of every character of ``path`` outside quotes (the quote
+    characters themselves are not given)."""
     quote = ""
     for position, char in enumerate(path):
         if quote:
             if char == quote:
                 quote = ""
-        elif char in "'\"":
+        elif char in quotes:
             quote = char
-        elif char == "~" and (position == 0 or path[position - 1] != "="):
-            out.append("=")
-        out.append(char)
-    return "".join(out)
+        else:
+            yield position, char
 
 
 def _split_getter(base: FirstGetter, separator: str, segment: int, max_split: int) -> FirstGetter:
@@ -199,15 +206,9 @@ def split_alternatives(path: str) -> list[str]:
     """
     parts: list[str] = []
     depth = 0
-    quote = ""
     start = 0
-    for position, char in enumerate(path):
-        if quote:
-            if char == quote:
-                quote = ""
-        elif char in "'\"`":
-            quote = char
-        elif char in "([":
+    for position, char in _unquoted(path, "'\"`"):
+        if char in "([":
             depth += 1
         elif char in ")]":
             depth -= 1
