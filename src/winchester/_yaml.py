@@ -42,20 +42,16 @@ class LocatedList(list):
         self.item_positions: list[Position] = []
 
 
+# bool before int: True is an int to Python, not to someone reading YAML.
+_KINDS = ((bool, "boolean"), (dict, "mapping"), (list, "list"), (str, "string"),
+          (int, "integer"), (float, "number"))
+
+
 def kind_of(value: Any) -> str:
     """What a YAML value is, in YAML's words (messages never show our located types)."""
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, dict):
-        return "mapping"
-    if isinstance(value, list):
-        return "list"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
+    for kind, name in _KINDS:
+        if isinstance(value, kind):
+            return name
     return type(value).__name__
 
 
