@@ -93,12 +93,13 @@ def test_check_goes_on_to_the_other_files_past_an_error_in_winchester_yaml(etc_c
     triggers.write_text(triggers.read_text().replace('"$last + 2d"', '"$last + 2 days"'))
     winchester = etc_copy / "winchester.yaml"
     winchester.write_text(winchester.read_text() + "\nstatistics_perod: 3\nintake: {batch_size: lots}\n")
-    result = run("check", "-c", str(winchester))
-    assert result.exit_code == 1
-    assert "intake.batch_size: must be a whole number, not string 'lots'" in result.output
-    assert "statistics_perod: unknown key, ignored" in result.output
-    assert "trigger 'usage_audit' > expiration: invalid time expression: unknown unit 'days'" in result.output
-    assert "(2 error(s), 1 warning(s))" in result.output
+    output = run("check", "-c", str(winchester)).output
+    reported = [message for message in (
+        "intake.batch_size: must be a whole number, not string 'lots'",
+        "statistics_perod: unknown key, ignored",
+        "trigger 'usage_audit' > expiration: invalid time expression: unknown unit 'days'",
+        "configuration is invalid (2 error(s), 1 warning(s))") if message in output]
+    assert len(reported) == 4, output
 
 
 def test_check_names_a_missing_file(etc_copy):
