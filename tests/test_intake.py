@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -197,6 +198,40 @@ def test_malformed_messages_are_dead_lettered_acknowledged_and_the_rest_stored(b
     stop(service, thread)
     assert broker.waiting(f"{broker.topic}.info") == 0
     assert sorted(e["message_id"] for e in store.find_events()) == ["msg-000001", "msg-000002", "msg-000006"]
+
+
+@pytest.mark.rabbitmq
+def test_compressed_transcoded_and_undecodable_bodies_neither_stop_intake_nor_get_lost(broker,
+                                                                                      parts):
+    """kombu compression (oslo's kombu_compression) is undone and another content_encoding
+    transcoded; a body that will not decode (py-amqp's own decoding left text that could not be
+    encoded back, and the consumer died on it at every redelivery) is dead-lettered, and the
+    notifications behind it are stored."""
+    settings, triggers, store = parts
+    ingester = Ingester(store, triggers, build_distiller(settings), FixedClock(NOW))
+    service = IngestService(broker.url, broker.intake(), ingester)
+    thread = start(service)
+    exchange = Exchange(broker.exchanges[0], type="topic", durable=broker.durable)
+    accented = notification(3)
+    accented["payload"]["display_name"] = "caf\u00e9"
+    latin = json.dumps(accented, ensure_ascii=False).encode("latin-1")
+    with Connection(broker.url, transport_options={"confirm_publish": True}) as connection:
+        producer = Producer(connection.channel(), exchange=exchange)
+        key = f"{broker.topic}.info"
+        for number, compression in ((1, "gzip"), (2, "bzip2")):
+            producer.publish(orjson.dumps(notification(number)), routing_key=key, declare=[exchange],
+                             content_type="application/json", compression=compression)
+        producer.publish(latin, routing_key=key, content_type="application/json",
+                         content_encoding="latin-1")
+        producer.publish(b'{"event_type": "x", "payload": "\\ud800"}', routing_key=key,
+                         content_type="application/json", content_encoding="unicode_escape")
+    broker.publish([notification(4)])  # behind the poison
+    wait_until(lambda: store.count_events() == 4 and store.count_dead_letters() == 1,
+               what="4 events and 1 dead letter")
+    assert thread.is_alive() and not thread.failure  # type: ignore[attr-defined]
+    stop(service, thread)
+    assert broker.waiting(f"{broker.topic}.info") == 0
+    assert store.get_event("msg-000003")["display_name"] == "café"
 
 
 @pytest.mark.rabbitmq

@@ -54,6 +54,39 @@ class Delivery:
     redelivered: bool
 
 
+# Charsets whose bytes are already what the distiller reads (JSON is UTF-8).
+_AS_IS_ENCODINGS = frozenset({"", "utf-8", "utf8", "binary", "ascii", "us-ascii"})
+
+
+def wire_body(body: Any, content_encoding: Any, compression: Any) -> bytes:
+    """A message's body as JSON bytes: kombu's compression (oslo.messaging's
+    ``kombu_compression``) undone and another ``content_encoding`` transcoded to
+    UTF-8. What cannot be undone is kept as it came (and is then rejected, archived
+    and dead-lettered, like any body that is not JSON): never an exception, which
+    would send the message back to the broker and stop every consumer it reaches."""
+    if isinstance(body, str):  # a transport that decoded it already
+        try:
+            return body.encode("utf-8")
+        except UnicodeEncodeError:
+            return body.encode("utf-8", "surrogatepass")
+    raw = bytes(body) if not isinstance(body, bytes) else body
+    if compression:
+        try:
+            from kombu.compression import decompress
+
+            raw = decompress(raw, str(compression))
+        except Exception:  # noqa: BLE001 - zlib, bz2, lzma and lookup errors alike
+            logger.debug("a body marked compressed (%s) does not decompress; kept as received",
+                         compression)
+    encoding = str(content_encoding or "").strip().lower()
+    if encoding not in _AS_IS_ENCODINGS:
+        try:
+            raw = raw.decode(encoding).encode("utf-8")
+        except (LookupError, UnicodeError, ValueError):
+            pass  # an unknown charset, or bytes that are not in it: kept as received
+    return raw
+
+
 @dataclass
 class ConsumerStats:
     received: int = 0
@@ -205,6 +238,9 @@ class NotificationConsumer:
 
     def _consume(self, connection: Connection) -> None:
         channel = connection.channel()
+        # Bodies come as bytes; wire_body decodes them without ever raising (py-amqp's
+        # own decoding by content_encoding can leave text that does not encode back).
+        channel.auto_decode = False
         self._declare(connection, channel)
         _, queues = self.subscription.declarations()
         # Enough prefetch for a full batch plus the next one arriving meanwhile.
@@ -276,9 +312,9 @@ class NotificationConsumer:
         if not self._batch:
             self._batch_started = time.monotonic()
         info = message.delivery_info
-        body = message.body
-        if not isinstance(body, bytes):
-            body = bytes(body) if isinstance(body, (bytearray, memoryview)) else str(body).encode()
+        properties = message.properties
+        body = wire_body(message.body, properties.get("content_encoding"),
+                         (properties.get("application_headers") or {}).get("compression"))
         self._batch.append((Delivery(body, info.get("exchange", ""), info.get("routing_key", ""),
                                      bool(info.get("redelivered"))), info["delivery_tag"]))
         self.stats.received += 1
@@ -287,7 +323,8 @@ class NotificationConsumer:
         if not self._batch:
             self._batch_started = time.monotonic()
         info = message.delivery_info
-        body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
+        body = wire_body(message.body, message.content_encoding,
+                         (message.headers or {}).get("compression"))
         self._batch.append((Delivery(body, info.get("exchange", ""), info.get("routing_key", ""),
                                      bool(info.get("redelivered"))), message))
         self.stats.received += 1
