@@ -540,8 +540,10 @@ def legacy(n: int) -> dict:
 @pytest.mark.rabbitmq
 def test_ingest_and_persistor_scripts_store_and_archive_what_is_published(tmp_path, corner, migrated_url,
                                                                          scripts):
-    """`ingest` + `persistor`: 50 published -> 50 events and 50 archived; SIGTERM -> exit 0, summaries."""
-    config = make_config(tmp_path, *corner.config_lines(), url=migrated_url, log_level="info")
+    """`ingest` + `persistor`: 50 published -> 50 events and 50 archived; a statistics line every
+    statistics_period; SIGTERM -> exit 0, summaries."""
+    config = make_config(tmp_path, *corner.config_lines(), "statistics_period: 0.5", url=migrated_url,
+                         log_level="info")
     ingest = Script(tmp_path, "ingest", "ingest", "-c", str(config), "--name", "ingest-test")
     scripts.append(ingest)
     persistor = Script(tmp_path, "persistor", "persistor", "-c", str(config), "--name", "persistor-test")
@@ -554,6 +556,9 @@ def test_ingest_and_persistor_scripts_store_and_archive_what_is_published(tmp_pa
     try:
         wait_until(lambda: store.count_events() == 50 and store.count_archive() == 50, 120,
                    f"50 events and 50 archived\n{ingest.log}\n{persistor.log}")
+        wait_until(lambda: "ingest-test: 50 received, 50 saved" in ingest.log
+                   and "persistor-test: 50 archived" in persistor.log, 60,
+                   f"statistics lines\n{ingest.log}\n{persistor.log}")
         assert ingest.terminate(60) == 0, ingest.log
         assert persistor.terminate(60) == 0, persistor.log
         assert store.count_events() == 50 and store.count_archive() == 50

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
+import threading
+from collections.abc import Callable
 from datetime import timedelta
 
 import click
@@ -15,6 +18,9 @@ from winchester.clock import clock_from_settings
 from winchester.services._consumer import IntakeError
 from winchester.services.ingest import Ingester
 from winchester.services.intake import IngestService, Persistor
+
+
+logger = logging.getLogger("winchester.services.intake")
 
 
 def _default_name(kind: str) -> str:
@@ -51,12 +57,18 @@ def ingest(config_file: str, clock_kind: str, name: str | None, metrics_port: in
         metrics.watch_store(parts.store)
 
     start_metrics(metrics_port, parts.settings.api.host, watch)
-    _run(service, console, parts.store)
     stats = ingester.stats
-    console.print(f"ingest stopped: {stats.received:,} received, {stats.saved:,} saved, "
-                  f"{stats.duplicates:,} duplicates, {stats.unconverted:,} unconverted, "
-                  f"{sum(stats.rejected.values()):,} rejected",
-                  markup=False)
+
+    def figures() -> str:
+        consumer = service.consumer.stats
+        return (f"{stats.received:,} received, {stats.saved:,} saved, {stats.duplicates:,} "
+                f"duplicates, {stats.unconverted:,} unconverted, {sum(stats.rejected.values()):,} "
+                f"rejected; {consumer.acknowledged:,} acknowledged, {consumer.reconnects:,} "
+                "reconnects")
+
+    _run(service, console, parts.store, parts.settings.statistics_period,
+         lambda: f"{service.consumer.name}: {figures()}")
+    console.print(f"ingest stopped: {figures()}", markup=False)
 
 
 @click.command("persistor")
@@ -76,12 +88,29 @@ def persistor(config_file: str, name: str | None, metrics_port: int | None) -> N
                         parts.store, retention=parts.settings.archive_retention,
                         name=name or _default_name("persistor"))
     start_metrics(metrics_port, parts.settings.api.host, lambda metrics: metrics.watch_persistor(service))
-    _run(service, console, parts.store)
-    console.print(f"persistor stopped: {service.archived:,} archived, {service.duplicates:,} "
-                  f"duplicates skipped, {service.trimmed:,} trimmed", markup=False)
+
+    def figures() -> str:
+        return (f"{service.archived:,} archived, {service.duplicates:,} duplicates skipped, "
+                f"{service.trimmed:,} trimmed; {service.consumer.stats.acknowledged:,} acknowledged")
+
+    _run(service, console, parts.store, parts.settings.statistics_period,
+         lambda: f"{service.consumer.name}: {figures()}")
+    console.print(f"persistor stopped: {figures()}", markup=False)
 
 
-def _run(service, console: Console, store) -> None:
+def _log_statistics(every: float, line: Callable[[], str], stopped: threading.Event) -> None:
+    while not stopped.wait(every):
+        try:
+            logger.info("%s", line())
+        except Exception as exc:  # noqa: BLE001 - a statistics line must never stop intake
+            logger.debug("statistics line failed: %s", exc)
+
+
+def _run(service, console: Console, store, statistics_period: float,
+         statistics: Callable[[], str]) -> None:
+    stopped = threading.Event()
+    threading.Thread(target=_log_statistics, args=(statistics_period, statistics, stopped),
+                     name="winchester-statistics", daemon=True).start()
     try:
         with stopped_by_signals(service.stop):
             service.run()
@@ -94,4 +123,5 @@ def _run(service, console: Console, store) -> None:
                       "and password in bus.url", markup=False)
         sys.exit(2)
     finally:
+        stopped.set()
         store.close()
