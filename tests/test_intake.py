@@ -264,6 +264,25 @@ def test_a_durability_mismatch_is_a_clear_startup_error(broker, parts):
 
 
 @pytest.mark.rabbitmq
+def test_a_queue_declared_with_other_arguments_is_refused_naming_the_argument(broker, parts):
+    """A queue someone declared with a TTL (or as a quorum queue): the refusal names the
+    argument and what to do, not intake.durable, which would not help."""
+    settings, triggers, store = parts
+    queue = f"{broker.topic}.info"
+    with Connection(broker.url) as connection:
+        Queue(queue, durable=False, queue_arguments={"x-message-ttl": 60000})(
+            connection.channel()).declare()
+    service = IngestService(broker.url, broker.intake(),
+                            Ingester(store, triggers, build_distiller(settings)))
+    with pytest.raises(IntakeError) as caught:
+        service.run()
+    message = str(caught.value)
+    assert f"{queue!r}: it already exists with argument 'x-message-ttl'" in message
+    assert "a queue of its own (intake.queue, persistor.queue)" in message
+    assert "intake.durable" not in message
+
+
+@pytest.mark.rabbitmq
 def test_the_persistor_archives_every_notification_exactly_once(broker, parts):
     """Duplicates are archived once; malformed bodies and unknown types are archived too, as received."""
     settings, triggers, store = parts

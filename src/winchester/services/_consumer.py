@@ -17,6 +17,7 @@ duplicates by ``message_id``.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import threading
 import time
@@ -301,6 +302,15 @@ class NotificationConsumer:
                 entity.declare()
             except connection.channel_errors as exc:
                 if "PRECONDITION_FAILED" in str(exc) or getattr(exc, "reply_code", None) == 406:
+                    argument = re.search(r"inequivalent arg '([^']+)'", str(exc))
+                    if argument and argument.group(1) != "durable":
+                        # Quorum queues, TTLs, length limits: set by whoever declared it.
+                        raise IntakeError(
+                            f"the broker at {self.safe_url()} refused to declare {kind} "
+                            f"{entity.name!r}: it already exists with argument "
+                            f"{argument.group(1)!r} ({exc}), which Winchester does not set. Give "
+                            "Winchester a queue of its own (intake.queue, persistor.queue), or "
+                            "declare that one without the argument") from None
                     raise IntakeError(
                         f"the broker at {self.safe_url()} refused to declare {kind} {entity.name!r} "
                         f"with durable={self.subscription.durable}: it already exists with other "
