@@ -342,6 +342,21 @@ def test_event_pages_with_a_plus_mark_go_oldest_first(world):
     assert world.get("/v1/events", mark=f"+{len(IDS):x}") == []
 
 
+def test_a_plus_written_unencoded_in_the_url_still_pages_oldest_first(world):
+    """`?mark=+3`, as the README writes it, arrives as " 3" (a raw '+' is a space in a query
+    string): it means +3, and a client appending each page's _mark as is reads every row once."""
+    assert world.client.get("/v1/events?mark=+&limit=3").json() == \
+        world.get("/v1/events", mark="+", limit=3)
+    found, mark = [], "+"
+    for _ in range(20):
+        page = world.client.get(f"/v1/events?limit=5&mark={mark}").json()
+        if not page:
+            break
+        found += [event["message_id"] for event in page]
+        mark = page[-1]["_mark"]
+    assert found == IDS
+
+
 def test_limit_bounds_are_accepted(world):
     """limit 1 and 10000 (the bounds) are fine; no limit means the default page of 200."""
     assert world.ids(limit=1) == ["orphan"]
@@ -964,6 +979,19 @@ def test_explain_an_expire_error_stream(world):
                                           "end": "2024-03-02T00:00:00"}}
     assert history_of(report) == [("active", None, "ingest"), ("expiring", "active", "worker"),
                                   ("expire_error", "expiring", "worker")]
+
+
+def test_an_event_whose_message_id_holds_a_slash_is_found_and_explained(fresh):
+    """Message ids are the publishers' to choose: one with '/' is reachable, encoded or not."""
+    answer = fresh.intake.accept([notification("tenant/42/req", "compute.instance.start", at(11),
+                                               "i-slash")])
+    assert answer["accepted"] == 1, answer
+    for path in ("/v1/events/tenant%2F42%2Freq", "/v1/events/tenant/42/req"):
+        response = fresh.client.get(path)
+        assert response.status_code == 200, response.text
+        assert response.json()["message_id"] == "tenant/42/req"
+    explained = fresh.client.get("/v1/events/tenant/42/req/explain")
+    assert explained.status_code == 200 and explained.json()["event"]["message_id"] == "tenant/42/req"
 
 
 def test_explain_an_unknown_stream_is_a_404(world):

@@ -49,9 +49,10 @@ def create_app(store: Store, intake: DirectIntake | None = None,
         if not allowed:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if not scheme:
+        if scheme.lower() != "bearer" and TOKEN_COOKIE in request.cookies:
             # The dashboard's sign-in keeps the token in a SameSite=Strict,
-            # HttpOnly cookie: browsers cannot add headers to page loads.
+            # HttpOnly cookie: browsers cannot add headers to page loads (and
+            # one behind a proxy's Basic auth sends that header on every request).
             scheme, token = "bearer", request.cookies.get(TOKEN_COOKIE, "")
         # Every token is compared (in constant time each), so timing says nothing about which.
         matches = [hmac.compare_digest(token.encode(), t) for t in allowed]

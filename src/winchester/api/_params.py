@@ -14,7 +14,8 @@ Every problem is a :class:`BadParameter` naming the parameter (answered
   ``launched_at:datetime:2015-02-01T10:00:00``, ``host:string:int:7`` for
   the text ``int:7``).
 * ``mark``: the ``_mark`` of the last row seen, a hexadecimal id; ``+``
-  before it (or alone) pages oldest first.
+  before it (or alone) pages oldest first (written as is in a URL, where it
+  decodes to a space, or as ``%2B``).
 """
 
 from __future__ import annotations
@@ -114,7 +115,14 @@ class Mark:
 
 
 def parse_mark(text: str | None) -> Mark:
-    if text is None or not text.strip():
+    if text is None:
+        return Mark(None, False)
+    # A '+' written unencoded in a query string arrives as a space ("mark=+3", "mark=+"):
+    # a mark never starts with one, so one space before it (and nothing else blank) is
+    # the '+' it was.
+    if text[:1] == " " and text[1:] == text.strip():
+        text = "+" + text[1:]
+    if not text.strip():
         return Mark(None, False)
     value = text.strip()
     ascending = value.startswith("+")

@@ -215,16 +215,9 @@ def build_router(store: Store, triggers: Any, *, read_guard: Callable[..., None]
             return [{"count": store.count_events_matching(query)}]
         return JSON(await call(run))
 
-    @router.get("/v1/events/{message_id}", tags=["events"], dependencies=reads, response_class=JSON,
-                responses=_responses(404, ok=_EVENT))
-    async def get_event(message_id: Annotated[str, MESSAGE_ID]) -> JSON:
-        """One event, by message_id."""
-        found = None if "\x00" in message_id else await call(store.event_by_message_id, message_id)
-        if found is None:
-            raise HTTPException(404, f"no event with message_id {message_id!r}")
-        return JSON(event_body(found.event))
-
-    @router.get("/v1/events/{message_id}/explain", tags=["explain"], dependencies=reads,
+    # ':path': message ids may hold '/'. Explain is routed first, or the event route
+    # would take '<id>/explain' for an id.
+    @router.get("/v1/events/{message_id:path}/explain", tags=["explain"], dependencies=reads,
                 response_class=JSON, responses=_responses(404, ok=_OBJECT))
     async def explain_an_event(message_id: Annotated[str, MESSAGE_ID]) -> JSON:
         """Which triggers the event matched (and which stream it joined), and why not the others."""
@@ -234,6 +227,15 @@ def build_router(store: Store, triggers: Any, *, read_guard: Callable[..., None]
             return JSON(await call(explain_event, store, triggers, message_id))
         except NotFound as exc:
             raise HTTPException(404, str(exc)) from None
+
+    @router.get("/v1/events/{message_id:path}", tags=["events"], dependencies=reads, response_class=JSON,
+                responses=_responses(404, ok=_EVENT))
+    async def get_event(message_id: Annotated[str, MESSAGE_ID]) -> JSON:
+        """One event, by message_id."""
+        found = None if "\x00" in message_id else await call(store.event_by_message_id, message_id)
+        if found is None:
+            raise HTTPException(404, f"no event with message_id {message_id!r}")
+        return JSON(event_body(found.event))
 
     # -- streams -----------------------------------------------------------------------------
 
