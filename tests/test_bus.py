@@ -456,6 +456,21 @@ def test_table_subscriber_gets_a_snapshot_then_deltas(buses):
     assert copy.calls[1:] == [("delta", delta) for delta in sent]
 
 
+def test_every_bus_message_is_counted_both_ways(buses):
+    """Table deltas, requests and replies count as bus messages (the metric said 0 while a
+    table was being published): each side counts what it sent and what it took in."""
+    publisher, subscriber = buses.new(), buses.new()
+    publisher.publish_table("hosts", {"host-a": {"state": "up"}})
+    copy = TableCopy()
+    subscriber.subscribe_table("hosts", copy)  # a snapshot request and its reply
+    copy.wait_count(1)
+    publisher.publish_table("hosts", {"host-a": {"state": "down"}})  # one delta
+    copy.wait_for_rows({"host-a": {"state": "down"}})
+    assert publisher.messages_out >= 2  # the snapshot reply and the delta
+    assert publisher.messages_in >= 1 and subscriber.messages_out >= 1  # the snapshot request
+    assert subscriber.messages_in >= 2  # the reply and the delta
+
+
 def test_late_table_subscriber_gets_the_current_snapshot(buses):
     """A subscriber arriving after several changes starts from the table as it is now."""
     publisher = buses.new()

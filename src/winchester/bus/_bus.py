@@ -167,6 +167,11 @@ class Bus:
         return Worker(self.url, label, self.address, connect_timeout=connect_timeout,
                       wake_queue=f"{self.address}.wake-{label}", send_wake=self._send_wake)
 
+    def _send(self, body: Any, **options: Any) -> None:
+        """Publish one bus message (topic, table delta, request, reply, redelivery), counted."""
+        self._publisher.publish(body, **options)
+        self.messages_out += 1
+
     def _send_wake(self, queue_name: str) -> None:
         self._publisher.publish(b"", exchange="", routing_key=queue_name, persistent=False,
                                 content_type="application/octet-stream",
@@ -270,8 +275,7 @@ class Bus:
         _check_name("topic", topic)
         body = encode(data, f"data published on {topic!r}")
         self._check_running()
-        self._publisher.publish(body, exchange=self._topics, routing_key=topic)
-        self.messages_out += 1
+        self._send(body, exchange=self._topics, routing_key=topic)
 
     def subscribe(self, pattern: str, callback: Callback, *, subscription_id: str | None = None,
                   queue: str | None = None) -> str:
@@ -371,7 +375,7 @@ class Bus:
                                "redelivering: %s", consumption.id, topic, attempts,
                                self.max_redeliveries + 1, describe(exc))
                 # Published before the ack: a crash in between duplicates, never loses.
-                self._publisher.publish(
+                self._send(
                     message.body, exchange="", routing_key=consumption.queue,
                     headers={**headers, REDELIVERIES_HEADER: attempts, TOPIC_HEADER: topic},
                     content_type=message.content_type,
@@ -438,7 +442,7 @@ class Bus:
         try:
             # The expiration stops a server that comes late from answering a
             # requester that gave up (RabbitMQ only; memory:// ignores it).
-            self._publisher.publish(body, exchange=self._requests, routing_key=address,
+            self._send(body, exchange=self._requests, routing_key=address,
                                     persistent=False, reply_to=self._reply_queue.name,
                                     correlation_id=correlation_id, expiration=timeout)
             deadline = time.monotonic() + timeout
@@ -459,6 +463,7 @@ class Bus:
 
     def _answer(self, handler: Handler, consumption: _Consumption, message: Message) -> None:
         """Run one serve handler and send its reply; on the services thread."""
+        self.messages_in += 1
         properties = message.properties or {}
         reply_to = properties.get("reply_to")
         try:
@@ -469,12 +474,13 @@ class Bus:
                            describe(exc))
             body = encode({"server": self.address, "error": describe(exc)}, "an error reply")
         if reply_to:
-            self._publisher.publish(body, exchange="", routing_key=reply_to, persistent=False,
+            self._send(body, exchange="", routing_key=reply_to, persistent=False,
                                     correlation_id=properties.get("correlation_id"))
         message.ack()
 
     def _on_reply(self, message: Message) -> None:
         """Hand a reply to the request waiting for it; on the replies thread."""
+        self.messages_in += 1
         correlation_id = (message.properties or {}).get("correlation_id")
         inbox = self._waiting.get(correlation_id)
         if inbox is None:
@@ -512,7 +518,7 @@ class Bus:
             message = publication.update(rows)
             if message is None:
                 return None
-            self._publisher.publish(encode(message, f"the table {topic!r}"),
+            self._send(encode(message, f"the table {topic!r}"),
                                     exchange=self._topics, routing_key=topic)
         return message["delta"]
 
