@@ -211,17 +211,15 @@ class Ingester:
         is neither stored nor news)."""
         ahead, late = batch.off_clock
         if outcome.stored.duplicates and (ahead or late):
-            # Per copy, not per id: of an id twice in the batch the first copy is stored
-            # and the second is a duplicate; an id already in the store has no stored copy.
-            far = {event["message_id"] for event, _ in (*ahead, *late)}
-            stored = Counter(item.event["message_id"] for item in batch.items
-                             if item.event["message_id"] in far)
-            stored.subtract(m for m in outcome.stored.duplicates if m in far)
-            first_copies = {}
+            # Per copy, not per id: the store keeps the first copy of an id in the batch,
+            # and only if the id was not stored before.
+            inserted = outcome.stored.inserted
+            first_copy: dict[str, Event] = {}
             for item in batch.items:
-                first_copies.setdefault(item.event["message_id"], item.event)
-            kept = {id(first_copies[m]) for m, copies in stored.items() if copies > 0}
-            ahead, late = ([(event, now) for event, now in found if id(event) in kept]
+                first_copy.setdefault(item.event["message_id"], item.event)
+            ahead, late = ([(event, now) for event, now in found
+                            if event["message_id"] in inserted
+                            and first_copy[event["message_id"]] is event]
                            for found in (ahead, late))
         clock = self.clock
         if ahead:

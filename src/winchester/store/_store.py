@@ -94,6 +94,7 @@ class IngestItem:
 class IngestResult:
     saved: int = 0
     duplicates: list[str] = field(default_factory=list)
+    inserted: Mapping[str, int] = field(default_factory=dict)  # message_id -> id, of those saved
     matched: Counter[str] = field(default_factory=Counter)
     new_streams: Counter[str] = field(default_factory=Counter)
     ready: Counter[str] = field(default_factory=Counter)
@@ -512,6 +513,7 @@ class Store(WorkQueue, ArchiveStore, QueryStore):
                 unique[message_id] = item
         inserted = self._save_events(connection, [item.event for item in unique.values()], type_ids)
         result.saved = len(inserted)
+        result.inserted = inserted
         result.duplicates.extend(m for m in unique if m not in inserted)
 
         fresh = [item for item in unique.values() if item.event["message_id"] in inserted]
