@@ -129,10 +129,6 @@ def _database(value: Any) -> str | None:
     return f"url {problem}" if problem else None
 
 
-# SQLAlchemy's backend names: postgres:// (Heroku's, and older libpq tools') is PostgreSQL too.
-SUPPORTED_DATABASES = ("sqlite", "postgresql", "postgres")
-
-
 def database_url_problem(url: str) -> str | None:
     """Why ``url`` cannot be a database URL, or None. Never repeats the URL (it may hold a password)."""
     from sqlalchemy.engine import make_url
@@ -149,15 +145,13 @@ def unsupported_database(url: str) -> str | None:
     """Why the database ``url`` names is not one Winchester can use, or None."""
     from sqlalchemy.engine import make_url
 
+    from winchester.store._engine import unsupported_backend
+
     try:
-        backend = make_url(url).get_backend_name()
+        parsed = make_url(url)
     except Exception:  # noqa: BLE001 - a malformed URL is database_url_problem's to report
         return None
-    if backend in SUPPORTED_DATABASES:
-        return None
-    # The original Winchester ran on MySQL: its configurations say mysql://.
-    return (f"names a {backend} database, which Winchester does not support: use PostgreSQL "
-            "(postgresql://user@host:5432/winchester) or SQLite (sqlite:///var/winchester.db)")
+    return unsupported_backend(parsed)
 
 
 def _bus_url(value: Any) -> str | None:

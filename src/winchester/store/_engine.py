@@ -23,7 +23,7 @@ def normalize_url(url: str | URL) -> URL:
     """Pick the drivers we ship: ``postgresql://`` means psycopg 3, not psycopg2.
 
     Only SQLite and PostgreSQL are stores (the bulk writers, locks and
-    migrations are written for those two).
+    migrations are written for those two): any other is a ConfigError.
     """
     try:
         parsed = make_url(url)
@@ -32,11 +32,24 @@ def normalize_url(url: str | URL) -> URL:
                                   message=f"not a database URL: {url!r} ({exc})")) from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
-    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
-        raise ConfigError(Problem(file="", where="database.url", message=(
-            f"names a {parsed.get_backend_name()} database, which Winchester does not support: "
-            "use PostgreSQL or SQLite")))
+    problem = unsupported_backend(parsed)
+    if problem:
+        raise ConfigError(Problem(file="", where="database.url", message=problem))
     return parsed
+
+
+# SQLAlchemy's backend names: postgres:// (Heroku's, and older libpq tools') is PostgreSQL too.
+SUPPORTED_BACKENDS = ("sqlite", "postgresql", "postgres")
+
+
+def unsupported_backend(url: URL) -> str | None:
+    """Why the database ``url`` names cannot be a store, or None (never repeats the URL)."""
+    backend = url.get_backend_name()
+    if backend in SUPPORTED_BACKENDS:
+        return None
+    # The original Winchester ran on MySQL: its configurations say mysql://.
+    return (f"names a {backend} database, which Winchester does not support: use PostgreSQL "
+            "(postgresql://user@host:5432/winchester) or SQLite (sqlite:///var/winchester.db)")
 
 
 def create_engine(url: str | URL, **options) -> Engine:
