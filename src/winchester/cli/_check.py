@@ -32,8 +32,7 @@ def check(config_file: str, strict: bool) -> None:
     if settings is not None:
         # Keys with errors were left at their defaults to check the rest: show no default
         # as if it were the configured database.
-        broken = {problem.where.split(".", 1)[0] for problem in report.problems
-                  if problem.severity == "error"}
+        broken = report.broken_keys
         shown = ("[red]database: invalid (see below)[/red]" if "database" in broken
                  else f"database {_safe(settings.database_url)}")
         table.add_row("winchester.yaml", _short(settings.source),

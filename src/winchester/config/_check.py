@@ -54,6 +54,12 @@ class CheckReport:
         return found
 
     @property
+    def broken_keys(self) -> set[str]:
+        """The winchester.yaml keys with errors (they were left at their defaults to check
+        the files the rest names)."""
+        return _broken_keys(self.problems)
+
+    @property
     def errors(self) -> list[Problem]:
         return [p for p in self.all_problems if p.severity == "error"]
 
@@ -62,11 +68,15 @@ class CheckReport:
         return not self.errors
 
 
+def _broken_keys(problems: list[Problem]) -> set[str]:
+    return {problem.where.split(".", 1)[0] for problem in problems if problem.severity == "error"}
+
+
 def _without_broken_keys(config_file: str | Path, problems: list[Problem]) -> Settings | None:
     """The settings with the keys that have errors left at their defaults, so the files
     the rest names are checked too; None when that cannot be done (a file key is broken,
     or the file cannot be read as a mapping)."""
-    broken = {problem.where.split(".", 1)[0] for problem in problems if problem.severity == "error"}
+    broken = _broken_keys(problems)
     if "" in broken or broken & FILE_KEYS:
         return None
     try:
