@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import logging.config
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -50,12 +51,28 @@ def configure_level(level: str) -> None:
         logger.addHandler(_handler)
 
 
+# logging_config files read with dictConfig; any other suffix is fileConfig's INI.
+DICT_CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def _read_dict_config(path: Path) -> Any:
+    """The document of a YAML or JSON logging_config; ConfigError naming the file if it
+    does not parse."""
+    text = read_text(path, "logging_config")
+    if path.suffix.lower() != ".json":
+        return parse_yaml(text, str(path))[0]
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(Problem(file=str(path), where="logging_config",
+                                  message=f"invalid JSON: {exc}")) from None
+
+
 def _apply_logging_file(path: Path) -> None:
     suffix = path.suffix.lower()
     try:
-        if suffix in (".yaml", ".yml", ".json"):
-            text = read_text(path, "logging_config")
-            data = _plain(parse_yaml(text, str(path))[0]) if suffix != ".json" else orjson.loads(text)
+        if suffix in DICT_CONFIG_SUFFIXES:
+            data = _plain(_read_dict_config(path))
             if isinstance(data, dict):
                 # dictConfig's default would silence every logger that exists
                 # already: all of Winchester's, errors and dead letters included.
@@ -78,17 +95,8 @@ def check_logging_file(path: Path) -> None:
     data), a document that is not a mapping with ``version: 1``, or an INI
     file without the sections ``fileConfig`` needs. Raises ConfigError.
     """
-    suffix = path.suffix.lower()
-    if suffix in (".yaml", ".yml", ".json"):
-        text = read_text(path, "logging_config")
-        if suffix == ".json":
-            try:
-                data = orjson.loads(text)
-            except orjson.JSONDecodeError as exc:
-                raise ConfigError(Problem(file=str(path), where="logging_config",
-                                          message=f"invalid JSON: {exc}")) from None
-        else:
-            data, _ = parse_yaml(text, str(path))
+    if path.suffix.lower() in DICT_CONFIG_SUFFIXES:
+        data = _read_dict_config(path)
         if not isinstance(data, dict) or data.get("version") != 1:
             raise ConfigError(Problem(file=str(path), where="logging_config", message=(
                 "invalid logging configuration: must be a mapping with version: 1 "
