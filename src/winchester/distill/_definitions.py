@@ -32,8 +32,7 @@ DEFAULT_TRAITS: dict[str, dict[str, Any]] = {
 # Addressed on the wire (ctxt.x is _context_x there) so that using them does not
 # make every definition build Ceilometer's view of the notification.
 CEILOMETER_DEFAULT_TRAITS: dict[str, dict[str, Any]] = {
-    "service": {"type": "text", "fields": "publisher_id"},
-    "request_id": {"type": "text", "fields": "_context_request_id"},
+    **DEFAULT_TRAITS,
     "project_id": {"type": "text", "fields": ["payload.tenant_id", "_context_project_id"]},
     "user_id": {"type": "text", "fields": ["payload.user_id", "_context_user_id"]},
     # Ceilometer stops at the project; an older context has only the tenant, and

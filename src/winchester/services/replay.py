@@ -306,9 +306,9 @@ class Replayer:
         self.summary.fired += stats["fired"]
         self.summary.expired += stats["expired"]
         self.summary.pipeline_errors += stats["errors"]
-        self.summary.commit_errors += stats.get("commit_errors", 0)
+        self.summary.commit_errors += stats["commit_errors"]
         for kind in GENERATED_COUNTS:
-            self.summary.generated_counts[kind].update(stats.get(kind, {}))
+            self.summary.generated_counts[kind].update(stats[kind])
 
     def _drain(self) -> None:
         worker = self.worker
@@ -316,11 +316,8 @@ class Replayer:
         before = _worker_report(worker)
         worker.drain()
         after = _worker_report(worker)
-        self._count_worker({"fired": after["fired"] - before["fired"],
-                            "expired": after["expired"] - before["expired"],
-                            "errors": after["errors"] - before["errors"],
-                            "commit_errors": after["commit_errors"] - before["commit_errors"],
-                            **{kind: after[kind] - before[kind] for kind in GENERATED_COUNTS}})
+        # Counts and Counters alike: what this drain added.
+        self._count_worker({key: after[key] - before[key] for key in after})
 
     # -- pacing ------------------------------------------------------------------------
 
