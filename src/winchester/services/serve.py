@@ -193,7 +193,7 @@ def build_server(settings: Any, triggers: Any, pipelines: Any, distiller: Any, o
                           port if port is not None else settings.api.port)
     try:
         _add_parts(server, settings, triggers, pipelines, distiller, open_store, wanted,
-                   clock_for, grace, worker_name, listener, host, port)
+                   clock_for, grace, worker_name, listener)
     except BaseException:
         if listener is not None:
             listener.close()
@@ -205,8 +205,7 @@ def build_server(settings: Any, triggers: Any, pipelines: Any, distiller: Any, o
 
 def _add_parts(server: Server, settings: Any, triggers: Any, pipelines: Any, distiller: Any,
                open_store: Callable[[], Store], wanted: list[str], clock_for: Callable[[Store], Clock],
-               grace: Any, worker_name: str, listener: socket.socket | None,
-               host: str | None, port: int | None) -> None:
+               grace: Any, worker_name: str, listener: socket.socket | None) -> None:
     from winchester.services.ingest import Ingester
     from winchester.services.intake import DirectIntake, IngestService, Persistor
     from winchester.services.worker import build_worker
@@ -284,9 +283,10 @@ def _add_parts(server: Server, settings: Any, triggers: Any, pipelines: Any, dis
                          protect_reads=settings.api.protect_reads, clock=clock_for(api_store),
                          checks={"bus": bus_problem},
                          counters=lambda: trigger_counters(counted), metrics=metrics)
-        config = uvicorn.Config(app, host=host if host is not None else settings.api.host,
-                                port=port if port is not None else settings.api.port,
-                                log_level="warning", lifespan="off")
+        assert listener is not None  # bound by build_server whenever the API is wanted
+        bound_host, bound_port = listener.getsockname()[:2]
+        config = uvicorn.Config(app, host=bound_host, port=bound_port, log_level="warning",
+                                lifespan="off")
         http = uvicorn.Server(config)
 
         def stop_http() -> None:
